@@ -1,0 +1,1 @@
+"""Shared LLM plumbing: the one OpenAI-compatible client (teacher, judge, hosted baselines)."""

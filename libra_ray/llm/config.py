@@ -1,0 +1,33 @@
+"""Config of an OpenAI-compatible endpoint (teacher, judge or hosted baseline)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from libra_ray._config_base import StrictModel
+
+
+class EndpointConfig(StrictModel):
+    """Any OpenAI-compatible chat endpoint.
+
+    `base_url` None means the embedded default: a local OpenAI-compatible server on 127.0.0.1
+    hosting the tiny model (its text is nonsense; the wiring is real). The API key is read from the
+    environment variable named by `api_key_env` at call time and never stored in configs or outputs.
+    """
+
+    base_url: str | None = None
+    model: str = "tiny"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    # Cluster-wide budgets shared by every Ray worker (None = unlimited).
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    max_concurrency: int = Field(default=16, ge=1, description="requests in flight per worker")
+    temperature: float = Field(default=0.7, ge=0)
+    max_tokens: int = Field(default=256, ge=1)
+    # Per-token prices for the dataset card's cost estimate (USD per 1M tokens).
+    price_prompt_per_m: float = Field(default=0.0, ge=0)
+    price_completion_per_m: float = Field(default=0.0, ge=0)

@@ -1,0 +1,53 @@
+"""Shared fixtures. Everything runs on this CPU machine: a real local Ray cluster, the tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "libra_ray"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """The default tiny model, built once and cached across test sessions."""
+    from libra_ray.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(CACHE)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray cluster (2 CPUs) for one test module; always shut down."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, namespace="libra_ray_tests",
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        yield ray
+    finally:
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        except Exception:
+            pass
+        ray.shutdown()
+
+
+@pytest.fixture
+def pipeline_config(tmp_path):
+    """A PipelineConfig writing under tmp_path and reusing the shared tiny-model cache."""
+    from libra_ray.config import load_config
+
+    return load_config(None, [f"storage={tmp_path / 'runs'}", f"cache_dir={CACHE}"])
