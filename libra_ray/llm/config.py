@@ -19,7 +19,8 @@ class EndpointConfig(StrictModel):
     model: str = "tiny"
     api_key_env: str | None = "OPENAI_API_KEY"
     timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=6, ge=0)
+    max_retries: int = Field(default=6, ge=0, description="retries of 429/5xx/timeouts per request")
+    max_malformed_retries: int = Field(default=2, ge=0, description="re-asks when a 200 answer is unusable")
     backoff_base_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=30.0, ge=0)
     # Cluster-wide budgets shared by every Ray worker (None = unlimited).

@@ -1,0 +1,354 @@
+"""The one OpenAI-compatible chat client (teacher, judge, hosted baselines).
+
+- Concurrent: `chat_many` keeps up to `endpoint.max_concurrency` requests in flight (asyncio + httpx).
+- Robust: honours `Retry-After` on 429, retries timeouts, connection errors, 408 and 5xx with jittered
+  exponential backoff; a request that still fails becomes a `ChatResult` with `error` set, never an
+  exception, so one bad row never kills a batch job.
+- Validated: an optional `validate(text) -> reason | None` callable marks malformed output, which is
+  retried up to `endpoint.max_malformed_retries` times and then returned as an error.
+- Never paid twice: successful answers are cached by content (sha256 of model + messages + params),
+  so a killed run resumes where it stopped and a re-run makes zero new calls.
+- Budgeted: an optional limiter (`libra_ray.llm.ratelimit`) spaces requests to a requests/tokens per
+  minute budget, cluster-wide when it is the Ray-actor one.
+
+The API key is read from the environment variable `endpoint.api_key_env` at call time; it is only
+ever put in the Authorization header, never in results, caches, logs or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import httpx
+
+    from libra_ray.llm.config import EndpointConfig
+
+Validator = Callable[[str], "str | None"]
+
+# Statuses worth retrying; any other 4xx is the caller's mistake and fails at once.
+_RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class ChatResult:
+    text: str | None  # final answer content (None on error)
+    reasoning: str | None  # `reasoning_content` if the server returned one
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool  # served from the content-addressed cache
+    error: str | None  # None on success; a short message otherwise
+    raw: dict | None  # raw response JSON (no secrets)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class ClientStats:
+    """Counters of what the client did (summed across calls; thread-safe through `add`)."""
+
+    calls: int = 0  # chat results returned
+    requests: int = 0  # HTTP requests sent
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers
+    server_errors: int = 0  # 5xx / 408 / 409 answers
+    timeouts: int = 0  # timeouts and connection errors
+    malformed: int = 0  # 200 answers rejected (bad JSON, empty, failed validation)
+    errors: int = 0  # results returned with `error` set
+    cache_hits: int = 0
+    prompt_tokens: int = 0  # tokens actually billed (cache hits excluded)
+    completion_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for key, value in deltas.items():
+                setattr(self, key, getattr(self, key) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+
+class Limiter(Protocol):
+    """Reserve capacity for one request; returns the seconds to wait before sending it."""
+
+    def reserve(self, requests: int, tokens: int) -> float: ...
+
+    def settle(self, tokens: int) -> None: ...
+
+
+def cache_key(model: str, messages: list[dict], params: dict) -> str:
+    """Content address of a call: the same model, messages and sampling params give the same key."""
+    material = json.dumps({"model": model, "messages": messages, "params": params}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+class ResponseCache:
+    """Content-addressed JSON files under `root` (local path or pyarrow URI such as s3://b/p), written
+    atomically (temp file + rename) so a killed run never leaves a half-written entry."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+        self._fs = None
+        if "://" in root and not root.startswith("file://"):
+            import pyarrow.fs as pafs
+
+            self._fs, self._base = pafs.FileSystem.from_uri(root)
+            self._fs.create_dir(self._base, recursive=True)
+        else:
+            self._base = root.removeprefix("file://")
+            os.makedirs(self._base, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        return f"{self._base}/{key[:2]}/{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        path = self._path(key)
+        try:
+            if self._fs is None:
+                with open(path, encoding="utf-8") as f:
+                    return json.load(f)
+            with self._fs.open_input_stream(path) as f:
+                return json.loads(f.read().decode())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        except OSError:
+            return None
+
+    def put(self, key: str, entry: dict) -> None:
+        path = self._path(key)
+        data = json.dumps(entry, ensure_ascii=False).encode()
+        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}-{random.getrandbits(32):08x}"
+        if self._fs is None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            with self._fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self._fs.move(tmp, path)
+
+    def __len__(self) -> int:
+        if self._fs is None:
+            return sum(len([n for n in files if n.endswith(".json")]) for _, _, files in os.walk(self._base))
+        import pyarrow.fs as pafs
+
+        infos = self._fs.get_file_info(pafs.FileSelector(self._base, recursive=True))
+        return sum(1 for i in infos if i.path.endswith(".json"))
+
+
+def estimate_tokens(messages: list[dict], max_tokens: int) -> int:
+    """A cheap upper-ish estimate for budgeting before the server reports usage (~4 chars a token)."""
+    chars = sum(len(str(m.get("content", ""))) for m in messages)
+    return chars // 4 + 4 * len(messages) + max_tokens
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` in seconds or as an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class ChatClient:
+    """OpenAI-compatible `/chat/completions` client with retries, cache, budget and per-request errors."""
+
+    def __init__(self, endpoint: "EndpointConfig", base_url: str | None = None, cache_dir: str | None = None,
+                 limiter: Limiter | None = None):
+        url = base_url or endpoint.base_url
+        if not url:
+            raise ValueError("the endpoint has no base_url: open it with libra_ray.llm.endpoint.open_endpoint "
+                             "(which starts the embedded local server) or set base_url")
+        self.endpoint = endpoint
+        self.base_url = url.rstrip("/")
+        self.cache = ResponseCache(cache_dir) if cache_dir else None
+        self.limiter = limiter
+        self.stats = ClientStats()
+
+    # ---- public API -------------------------------------------------------------------------
+    def chat(self, messages: list[dict], *, validate: Validator | None = None, **params) -> ChatResult:
+        """One chat completion (blocking). Per-request failures come back as `error`, never raised."""
+        return self.chat_many([messages], validate=validate, **params)[0]
+
+    def chat_many(self, batch: list[list[dict]], *, validate: Validator | None = None, **params) -> list[ChatResult]:
+        """Many chat completions, up to `endpoint.max_concurrency` in flight; results in input order."""
+        if not batch:
+            return []
+        return _run_coroutine(lambda: self.achat_many(batch, validate=validate, **params))
+
+    async def achat_many(self, batch: list[list[dict]], *, validate: Validator | None = None, **params) -> list[ChatResult]:
+        import httpx
+
+        limits = httpx.Limits(max_connections=self.endpoint.max_concurrency,
+                              max_keepalive_connections=self.endpoint.max_concurrency)
+        sem = asyncio.Semaphore(self.endpoint.max_concurrency)
+        async with httpx.AsyncClient(timeout=self.endpoint.timeout_s, limits=limits) as http:
+            async def one(messages: list[dict]) -> ChatResult:
+                async with sem:
+                    return await self._achat(http, messages, validate, params)
+
+            return list(await asyncio.gather(*(one(m) for m in batch)))
+
+    # ---- internals --------------------------------------------------------------------------
+    def _body(self, messages: list[dict], params: dict) -> tuple[str, dict]:
+        params = dict(params)
+        model = params.pop("model", None) or self.endpoint.model
+        params.setdefault("temperature", self.endpoint.temperature)
+        params.setdefault("max_tokens", self.endpoint.max_tokens)
+        return model, params
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.endpoint.api_key_env) if self.endpoint.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff: uniform(0, min(max, base * 2**attempt))."""
+        cap = min(self.endpoint.backoff_max_s, self.endpoint.backoff_base_s * (2 ** attempt))
+        return random.uniform(0.5 * cap, cap)
+
+    async def _wait_budget(self, messages: list[dict], max_tokens: int) -> int:
+        if self.limiter is None:
+            return 0
+        estimate = estimate_tokens(messages, max_tokens)
+        delay = self.limiter.reserve(1, estimate)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return estimate
+
+    async def _achat(self, http: "httpx.AsyncClient", messages: list[dict], validate: Validator | None,
+                     params: dict) -> ChatResult:
+        import httpx
+
+        model, params = self._body(messages, params)
+        key = cache_key(model, messages, params)
+        if self.cache is not None:
+            entry = self.cache.get(key)
+            if entry is not None and (validate is None or validate(entry["text"]) is None):
+                self.stats.add(calls=1, cache_hits=1)
+                return ChatResult(text=entry["text"], reasoning=entry.get("reasoning"),
+                                  prompt_tokens=entry.get("prompt_tokens", 0),
+                                  completion_tokens=entry.get("completion_tokens", 0),
+                                  cached=True, error=None, raw=entry.get("raw"))
+
+        body = {"model": model, "messages": messages, **params}
+        url = f"{self.base_url}/chat/completions"
+        failures = 0  # transport/HTTP failures so far
+        malformed = 0
+        error = "no attempt made"
+        while True:
+            estimate = await self._wait_budget(messages, params.get("max_tokens", self.endpoint.max_tokens))
+            wait: float | None = None
+            self.stats.add(requests=1)
+            try:
+                resp = await http.post(url, json=body, headers=self._headers())
+            except httpx.TimeoutException:
+                error, retryable = f"timeout after {self.endpoint.timeout_s:g} s", True
+                self.stats.add(timeouts=1)
+            except httpx.TransportError as err:
+                error, retryable = f"connection error: {type(err).__name__}", True
+                self.stats.add(timeouts=1)
+            else:
+                if resp.status_code == 200:
+                    result, problem = self._parse(resp, validate)
+                    if result is not None:
+                        self._settle(estimate, result)
+                        self.stats.add(calls=1, prompt_tokens=result.prompt_tokens,
+                                       completion_tokens=result.completion_tokens)
+                        if self.cache is not None:
+                            self.cache.put(key, {"text": result.text, "reasoning": result.reasoning,
+                                                 "prompt_tokens": result.prompt_tokens,
+                                                 "completion_tokens": result.completion_tokens, "raw": result.raw})
+                        return result
+                    self.stats.add(malformed=1)
+                    malformed += 1
+                    error = f"malformed output: {problem}"
+                    if malformed > self.endpoint.max_malformed_retries:
+                        return self._fail(error)
+                    self.stats.add(retries=1)
+                    continue
+                error = f"HTTP {resp.status_code}: {_short(resp.text)}"
+                retryable = resp.status_code in _RETRY_STATUSES
+                if resp.status_code == 429:
+                    self.stats.add(rate_limited=1)
+                    wait = parse_retry_after(resp.headers.get("retry-after"))
+                elif retryable:
+                    self.stats.add(server_errors=1)
+            if not retryable or failures >= self.endpoint.max_retries:
+                return self._fail(error)
+            # The server's Retry-After wins over our backoff (capped at 10 min against a broken header).
+            delay = self._backoff(failures) if wait is None else min(wait, 600.0) + random.uniform(0, 0.05)
+            failures += 1
+            self.stats.add(retries=1)
+            await asyncio.sleep(delay)
+
+    def _parse(self, resp: "httpx.Response", validate: Validator | None) -> tuple[ChatResult | None, str]:
+        try:
+            data = resp.json()
+            message = data["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None, "response is not a chat completion JSON"
+        text = message.get("content")
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if not isinstance(text, str) or not text.strip():
+            return None, "empty content"
+        if validate is not None:
+            problem = validate(text)
+            if problem:
+                return None, problem
+        usage = data.get("usage") or {}
+        return ChatResult(text=text, reasoning=reasoning, prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                          completion_tokens=int(usage.get("completion_tokens") or 0), cached=False, error=None,
+                          raw=data), ""
+
+    def _settle(self, estimate: int, result: ChatResult) -> None:
+        if self.limiter is not None and estimate:
+            actual = result.prompt_tokens + result.completion_tokens
+            if actual:
+                self.limiter.settle(actual - estimate)
+
+    def _fail(self, error: str) -> ChatResult:
+        self.stats.add(calls=1, errors=1)
+        return ChatResult(text=None, reasoning=None, prompt_tokens=0, completion_tokens=0, cached=False,
+                          error=error, raw=None)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _run_coroutine(make: Callable[[], Any]) -> Any:
+    """Run a coroutine from sync code, also when this thread already runs an event loop (then in a
+    helper thread, so callers inside async frameworks such as Serve can still use the sync API)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
