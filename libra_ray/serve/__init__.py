@@ -1,1 +1,58 @@
-"""Stage: serve."""
+"""Stage 4, serving: the policy and the judge on Ray Serve behind one OpenAI-compatible API.
+
+- `run(cfg)`: start the app from `cfg.serve` and block until Ctrl-C (the CLI's `libra-ray serve`).
+- `serving(cfg)`: the same as a context manager yielding a `RunningApp` (tests, scripts).
+- `local_openai_server(cfg, models)`: the embedded default endpoint for other stages (`local.py`).
+- `app.app_builder`: the import path of the Serve YAMLs under `serve/`.
+
+Heavy imports stay inside functions: `libra_ray.config` imports this package for its config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from libra_ray.config import PipelineConfig
+
+
+@contextlib.contextmanager
+def serving(cfg: "PipelineConfig"):
+    """Run the policy+judge app on the current Ray cluster; yields a `RunningApp` (has `.base_url`)."""
+    from libra_ray.serve.app import served_models
+    from libra_ray.serve.server import running_app
+
+    with running_app(served_models(cfg), cfg.serve) as app:
+        yield app
+
+
+def run(cfg: "PipelineConfig") -> dict:
+    """Serve until interrupted (Ctrl-C / SIGTERM), then delete the app and shut Serve down if we started it."""
+    import signal
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term)
+    try:
+        with serving(cfg) as app:
+            print(f"[libra-ray] serving {cfg.serve.policy.name} and {cfg.serve.judge.name} at {app.base_url} "
+                  "(OpenAI-compatible; Ctrl-C to stop)", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                print("[libra-ray] shutting down Serve", flush=True)
+        return {"base_url": app.base_url, "status": "stopped"}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def __getattr__(name: str):
+    if name == "local_openai_server":
+        from libra_ray.serve.local import local_openai_server
+
+        return local_openai_server
+    raise AttributeError(name)

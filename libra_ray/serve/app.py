@@ -1,0 +1,502 @@
+"""The Serve application: one OpenAI-compatible ingress routing by `model` to per-model engines.
+
+    client --HTTP--> Serve proxy --> OpenAIIngress (FastAPI: auth, validation, guard, SSE)
+                                        |-- handle --> ModelServer "policy" (autoscaled replicas)
+                                        '-- handle --> ModelServer "judge"  (autoscaled replicas)
+
+Every client mistake becomes an OpenAI-format error (`{"error": {message, type, param, code}}`) with a
+4xx status; engine replicas return request errors as values (never raise), so a bad request can
+never kill a replica. `app_builder` is the import path used by the YAMLs under `serve/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+
+from libra_ray.serve.config import ServeConfig, ServedModelConfig
+from libra_ray.serve.engines import GenParams, RequestError, params_from_request
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- errors
+
+class APIError(Exception):
+    """An error that becomes an OpenAI-format JSON response with `status`."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.type, self.code, self.param = status, type_, code, param
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def _from_request_error(err: dict) -> APIError:
+    e = err["error"]
+    return APIError(400, e["message"], e.get("type", "invalid_request_error"), e.get("code"), e.get("param"))
+
+
+# --------------------------------------------------------------------------- request schemas
+
+class _Loose(BaseModel):
+    # Clients send many optional OpenAI fields we do not use (logprobs, user, ...): ignore them.
+    model_config = ConfigDict(extra="ignore")
+
+
+class ChatMessage(_Loose):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class _Sampling(_Loose):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=1, description="one choice per request")
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+
+
+def _validate(cls: type[BaseModel], body: Any) -> Any:
+    try:
+        return cls.model_validate(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], code="invalid_value",
+                       param=param) from None
+
+
+# --------------------------------------------------------------------------- auth
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_key_hashes(cfg: ServeConfig) -> list[str]:
+    """SHA-256 digests of the configured API keys (the keys themselves never leave this function).
+
+    Raises ValueError when auth is configured but no key is found: never silently serve open.
+    """
+    if not cfg.api_keys_env and not cfg.api_keys_file:
+        return []
+    keys: list[str] = []
+    if cfg.api_keys_env:
+        keys += [k.strip() for k in os.environ.get(cfg.api_keys_env, "").split(",") if k.strip()]
+    if cfg.api_keys_file:
+        path = Path(cfg.api_keys_file).expanduser()
+        if not path.is_file():
+            raise ValueError(f"serve.api_keys_file {cfg.api_keys_file} does not exist")
+        keys += [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if not keys:
+        where = " or ".join(x for x in (cfg.api_keys_env and f"${cfg.api_keys_env}", cfg.api_keys_file) if x)
+        raise ValueError(f"API-key auth is configured but no key was found in {where}")
+    return sorted({hash_key(k) for k in keys})
+
+
+def key_allowed(presented: str | None, hashes: list[str]) -> bool:
+    """Constant-time check of a presented key against every stored digest (no early exit)."""
+    if presented is None:
+        presented = ""
+    digest = hash_key(presented)
+    ok = False
+    for h in hashes:
+        ok |= hmac.compare_digest(digest, h)
+    return ok and bool(presented)
+
+
+# --------------------------------------------------------------------------- engine deployment
+
+@serve.deployment(max_ongoing_requests=16)
+class ModelServer:
+    """One served model: a generation engine in a replica. Request errors come back as values."""
+
+    def __init__(self, spec: dict):
+        self.spec = ServedModelConfig.model_validate(spec)
+        start = time.perf_counter()
+        if self.spec.engine == "vllm":
+            from libra_ray.serve.engines import VLLMEngine
+
+            self.engine = VLLMEngine(self.spec.path, self.spec.max_model_len, self.spec.vllm_kv_cache_gib,
+                                     self.spec.vllm_enforce_eager)
+        else:
+            from libra_ray.serve.engines import TransformersEngine
+
+            self.engine = TransformersEngine(self.spec.path, self.spec.max_model_len, self.spec.torch_threads)
+            self._batched.set_max_batch_size(self.spec.max_batch_size)
+            self._batched.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
+        log.info("model %s (%s) ready in %.1f s", self.spec.name, self.spec.engine, time.perf_counter() - start)
+
+    def _prepare(self, req: dict) -> tuple[list[int], GenParams]:
+        prompt = self.engine.render_chat(req["messages"]) if req.get("messages") is not None else req["prompt"]
+        params = GenParams(**req["params"])
+        ids = self.engine.encode(prompt)
+        self.engine.check_length(ids, params)
+        return ids, params
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _batched(self, items: list[tuple[list[int], GenParams]]) -> list[dict]:
+        return await asyncio.to_thread(self.engine.generate_batch, [i[0] for i in items], [i[1] for i in items])
+
+    async def generate(self, req: dict) -> dict:
+        try:
+            ids, params = self._prepare(req)
+        except RequestError as err:
+            return err.to_dict()
+        if self.spec.engine == "vllm":
+            return await self.engine.generate(ids, params)
+        return await self._batched((ids, params))
+
+    async def stream(self, req: dict):
+        try:
+            ids, params = self._prepare(req)
+        except RequestError as err:
+            yield err.to_dict()
+            return
+        async for item in self.engine.stream(ids, params):
+            yield item
+
+    def info(self) -> dict:
+        return {"name": self.spec.name, "engine": self.spec.engine, "max_model_len": self.engine.max_model_len}
+
+    def __del__(self):
+        shutdown = getattr(getattr(self, "engine", None), "shutdown", None)
+        if shutdown:
+            shutdown()
+
+
+# --------------------------------------------------------------------------- ingress
+
+api = FastAPI(title="libra_ray OpenAI-compatible API", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(APIError)
+async def _api_error(request: Request, err: APIError):
+    return err.response()
+
+
+@api.exception_handler(404)
+async def _not_found(request: Request, err):
+    return APIError(404, f"no route {request.method} {request.url.path}", code="not_found").response()
+
+
+@api.exception_handler(405)
+async def _bad_method(request: Request, err):
+    return APIError(405, f"method {request.method} not allowed on {request.url.path}", code="method_not_allowed").response()
+
+
+def _usage(result: dict) -> dict:
+    p, c = result.get("prompt_tokens", 0), result.get("completion_tokens", 0)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _sse(obj: dict | str) -> str:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
+
+
+@serve.deployment(max_ongoing_requests=256)
+@serve.ingress(api)
+class OpenAIIngress:
+    """The OpenAI routes. `models` maps served name -> engine handle; `options` is the ServeConfig dump."""
+
+    def __init__(self, models: dict, limits: dict[str, int], options: dict, key_hashes: list[str]):
+        self.models = models
+        self.limits = limits
+        self.cfg = ServeConfig.model_validate(options)
+        self.key_hashes = key_hashes
+        self.created = int(time.time())
+
+    # ---- helpers
+    def _auth(self, request: Request) -> None:
+        if not self.key_hashes:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key_allowed(key.strip(), self.key_hashes):
+            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                           "authentication_error", "invalid_api_key")
+
+    async def _body(self, request: Request) -> Any:
+        self._auth(request)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.cfg.max_request_bytes:
+            raise APIError(413, f"request body over {self.cfg.max_request_bytes} bytes", code="request_too_large")
+        raw = await request.body()
+        if len(raw) > self.cfg.max_request_bytes:
+            raise APIError(413, f"request body over {self.cfg.max_request_bytes} bytes", code="request_too_large")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise APIError(400, f"the request body is not valid JSON ({err})", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+        return body
+
+    def _handle(self, model: str):
+        if model not in self.models:
+            raise APIError(404, f"the model {model!r} does not exist; served: {', '.join(sorted(self.models))}",
+                           code="model_not_found", param="model")
+        return self.models[model]
+
+    def _params(self, req: _Sampling) -> dict:
+        try:
+            params = params_from_request(req.model_dump(), self.limits[req.model])
+        except RequestError as err:
+            raise APIError(400, str(err), code=err.code, param=err.param) from None
+        return params.__dict__
+
+    async def _call(self, model: str, payload: dict) -> dict:
+        try:
+            out = await self._handle(model).generate.remote(payload)
+        except APIError:
+            raise
+        except Exception as err:  # replica died / overloaded: the client may retry
+            log.warning("engine %s failed: %s", model, type(err).__name__)
+            raise APIError(503, f"model {model!r} is unavailable, retry later ({type(err).__name__})",
+                           "server_error", "engine_unavailable") from None
+        if "error" in out:
+            raise _from_request_error(out)
+        return out
+
+    def _guarded(self, model: str) -> bool:
+        return self.cfg.guard != "off" and model in self.cfg.guard_models and self.cfg.judge.name in self.models
+
+    async def _guard(self, model: str, result: dict) -> dict | None:
+        """Screen a policy answer with the judge; may replace the text. Returns the verdict dict."""
+        if not self._guarded(model):
+            return None
+        from libra_ray.serve.guard import guard_messages, screen
+
+        judge = {"messages": guard_messages(result["text"], self.cfg.guard_prompt),
+                 "params": GenParams(max_tokens=min(8, self.limits[self.cfg.judge.name]), temperature=0.0).__dict__}
+        try:
+            reply = (await self._call(self.cfg.judge.name, judge))["text"]
+        except APIError as err:
+            log.warning("guard judge failed: %s", err)
+            reply = None
+        verdict = screen(result["text"], reply, self.cfg.guard_prompt, self.cfg.guard_rule, self.cfg.guard,
+                         self.cfg.guard_fail_closed)
+        if verdict.blocked:
+            result["text"] = self.cfg.guard_refusal
+            result["finish_reason"] = "content_filter"
+        return verdict.to_dict()
+
+    # ---- routes
+    @api.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok", "models": sorted(self.models)}
+
+    @api.get("/v1/models")
+    async def list_models(self, request: Request) -> dict:
+        self._auth(request)
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": self.created, "owned_by": "libra_ray"} for name in sorted(self.models)]}
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        req = _validate(ChatRequest, await self._body(request))
+        self._handle(req.model)
+        payload = {"messages": [{"role": m.role, "content": m.text()} for m in req.messages], "params": self._params(req)}
+        return await self._respond(req, payload, chat=True)
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        req = _validate(CompletionRequest, await self._body(request))
+        self._handle(req.model)
+        prompt = req.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise APIError(400, "send one prompt per request (a list of exactly one string)", code="invalid_value",
+                               param="prompt")
+            prompt = prompt[0]
+        return await self._respond(req, {"prompt": prompt, "params": self._params(req)}, chat=False)
+
+    async def _respond(self, req: _Sampling, payload: dict, chat: bool):
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        if req.stream:
+            return await self._stream(req, payload, rid, chat)
+        result = await self._call(req.model, payload)
+        verdict = await self._guard(req.model, result)
+        choice: dict = {"index": 0, "finish_reason": result["finish_reason"], "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": result["text"]}
+        else:
+            choice["text"] = result["text"]
+        body = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                "model": req.model, "choices": [choice], "usage": _usage(result)}
+        if verdict is not None:
+            body["libra_guard"] = verdict
+        return JSONResponse(body)
+
+    async def _stream(self, req: _Sampling, payload: dict, rid: str, chat: bool):
+        created = int(time.time())
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(delta: str | None, finish: str | None, role: bool = False, extra: dict | None = None) -> dict:
+            if chat:
+                d: dict = {"role": "assistant", "content": ""} if role else ({"content": delta} if delta else {})
+                choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+            return {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice], **(extra or {})}
+
+        if self._guarded(req.model):
+            # The answer must be screened whole before any of it leaves: generate, judge, then send.
+            result = await self._call(req.model, payload)
+            verdict = await self._guard(req.model, result)
+
+            async def guarded():
+                if chat:
+                    yield _sse(chunk(None, None, role=True))
+                yield _sse(chunk(result["text"], None))
+                yield _sse(chunk(None, result["finish_reason"], extra={"libra_guard": verdict}))
+                if include_usage:
+                    yield _sse({"id": rid, "object": obj, "created": created, "model": req.model, "choices": [],
+                                "usage": _usage(result)})
+                yield _sse("[DONE]")
+
+            return StreamingResponse(guarded(), media_type="text/event-stream")
+
+        gen = self._handle(req.model).options(stream=True).stream.remote(payload)
+        try:  # the first item tells a request error (-> 4xx) apart from a started stream
+            first = await gen.__anext__()
+        except StopAsyncIteration:
+            first = {"text": "", "prompt_tokens": 0, "completion_tokens": 0, "finish_reason": "stop"}
+        except Exception as err:
+            raise APIError(503, f"model {req.model!r} is unavailable, retry later ({type(err).__name__})",
+                           "server_error", "engine_unavailable") from None
+        if "error" in first:
+            raise _from_request_error(first)
+
+        async def events():
+            if chat:
+                yield _sse(chunk(None, None, role=True))
+            item = first
+            try:
+                while True:
+                    if "delta" in item:
+                        yield _sse(chunk(item["delta"], None))
+                    else:
+                        yield _sse(chunk(None, item["finish_reason"]))
+                        if include_usage:
+                            yield _sse({"id": rid, "object": obj, "created": created, "model": req.model,
+                                        "choices": [], "usage": _usage(item)})
+                        break
+                    item = await gen.__anext__()
+            except StopAsyncIteration:
+                pass
+            except Exception as err:  # the stream has started: report in-band, as OpenAI does
+                yield _sse({"error": {"message": f"generation failed ({type(err).__name__})", "type": "server_error",
+                                      "param": None, "code": "engine_failed"}})
+            yield _sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+# --------------------------------------------------------------------------- builders
+
+def deployment_name(served_name: str) -> str:
+    """A Serve deployment name for a served model ("Qwen/Qwen2.5-7B" -> "model-Qwen_Qwen2.5-7B")."""
+    return "model-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in served_name)
+
+
+def build_app(models: list[ServedModelConfig], cfg: ServeConfig):
+    """The Serve Application: an engine deployment per model (its own autoscaling) + the ingress.
+
+    `models[*].path` must already be resolved (a folder or hub id). Auth keys are read here and
+    only their digests are passed to the ingress.
+    """
+    if not models:
+        raise ValueError("no model to serve")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"served model names must be unique: {names}")
+    handles = {}
+    for m in models:
+        handles[m.name] = ModelServer.options(
+            name=deployment_name(m.name),
+            autoscaling_config=m.autoscaling.to_serve(),
+            max_ongoing_requests=m.max_ongoing_requests,
+            ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
+            health_check_period_s=5,
+        ).bind(m.model_dump())
+    ingress = OpenAIIngress.options(
+        name="ingress", num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+    )
+    return ingress.bind(handles, {m.name: m.max_tokens_limit for m in models}, cfg.model_dump(), load_key_hashes(cfg))
+
+
+def _project_path(path: str) -> str:
+    """Relative paths resolve against the cwd, else the project root (the `serve deploy` worker's cwd differs)."""
+    if os.path.isabs(path) or "://" in path or os.path.exists(path):
+        return os.path.abspath(path) if "://" not in path else path
+    root = Path(__file__).resolve().parents[2]
+    return str(root / path)
+
+
+def served_models(pcfg) -> list[ServedModelConfig]:
+    """The policy and the judge of a PipelineConfig, with their paths resolved."""
+    from libra_ray.tiny import resolve_model
+
+    out = []
+    for m in (pcfg.serve.policy, pcfg.serve.judge):
+        path = resolve_model(m.path, pcfg)
+        if m.path == "trained" and "://" not in path and not Path(path).exists():
+            raise ValueError(f"serve.{'policy' if m is pcfg.serve.policy else 'judge'}.path 'trained': no trained model at "
+                             f"{path}; run `libra-ray train` first or set the path (e.g. --set serve.policy.path=tiny)")
+        out.append(m.model_copy(update={"path": path}))
+    return out
+
+
+def app_builder(args: dict | None = None):
+    """Import path for `serve run` / `serve deploy` YAMLs: `libra_ray.serve.app:app_builder`.
+
+    args: `config` (a pipeline YAML, optional) and `set` (a list of KEY=VALUE overrides), e.g.
+    `{"config": "jobs/quickstart.yaml", "set": ["serve.policy.path=tiny"]}`.
+    """
+    from libra_ray.config import load_config
+
+    args = dict(args or {})
+    config = args.pop("config", None)
+    overrides = list(args.pop("set", []) or [])
+    if args:
+        raise ValueError(f"unknown app args {sorted(args)}; expected 'config' and 'set'")
+    pcfg = load_config(_project_path(config) if config else None, overrides)
+    pcfg = pcfg.model_copy(update={"cache_dir": _project_path(pcfg.cache_dir), "storage": _project_path(pcfg.storage)})
+    return build_app(served_models(pcfg), pcfg.serve)
