@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from libra_ray._config_base import StrictModel
 from libra_ray.llm.config import EndpointConfig
 
+JUDGE_PROMPT_IDS = ("synthesis_route_v1", "refusal_3class_v1", "utility_ref_v1")
+
 
 class BenchModelConfig(StrictModel):
-    """One model under test. `path` "trained" = this run's trained model; "tiny" = the tiny model."""
+    """One model under test. `path` "trained" = this run's trained model; "tiny" = the tiny model.
+
+    Engines: `vllm` (our vLLM actors on Ray Data), `ray_data_llm` (Ray's `ray.data.llm` vLLM
+    processor), `transformers` (fallback `generate` actors), `openai` (a hosted or local
+    OpenAI-compatible API given by `endpoint`; `path` is then unused).
+    """
 
     name: str
     engine: Literal["vllm", "ray_data_llm", "transformers", "openai"] = "vllm"
@@ -19,21 +26,65 @@ class BenchModelConfig(StrictModel):
     # For engine "openai": the hosted endpoint (key from env by name).
     endpoint: EndpointConfig | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not name or any(c in name for c in "/\\ ") or name.startswith("."):
+            raise ValueError("must be a non-empty name without slashes, spaces or a leading dot (it names a folder)")
+        return name
+
+    @model_validator(mode="after")
+    def _endpoint_for_openai(self) -> "BenchModelConfig":
+        if self.engine == "openai" and self.endpoint is None:
+            raise ValueError("engine 'openai' needs an endpoint (base_url, model, api_key_env)")
+        return self
+
 
 class BenchConfig(StrictModel):
     models: list[BenchModelConfig] = Field(
         default_factory=lambda: [BenchModelConfig(name="aligned", path="trained")], min_length=1
     )
-    # Benchmark prompts: None = the held-out test split of this run's dataset.
+    # Benchmark prompts (Parquet file or folder): None = the held-out test split of this run's dataset.
     prompts: str | None = None
+    max_prompts: int | None = Field(default=None, ge=1, description="use only the first N distinct prompts")
+    system_prompt: str | None = None
+    # Generation scale: engine replicas (Ray actors), tensor parallel per replica, rows per batch.
     num_replicas: int = Field(default=1, ge=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
     batch_size: int = Field(default=16, ge=1)
+    num_cpus_per_replica: float = Field(default=1.0, gt=0)
+    num_gpus_per_replica: float = Field(default=0.0, ge=0)
+    # vLLM knobs (CPU defaults that work on a small VM; raise gpu_memory_utilization on GPUs).
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+    enforce_eager: bool = True
+    kv_cache_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build")
     max_tokens: int = Field(default=64, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int = 0
     max_model_len: int = Field(default=1024, ge=64)
+    # Evaluation.
     rule: Literal["paper", "start", "both"] = "paper"
     judge: EndpointConfig = Field(default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=16))
+    # Judge prompts to run; the first refusal judge (synthesis_route / refusal_3class) decides `refused`.
     judge_prompts: list[str] = Field(default_factory=lambda: ["synthesis_route_v1"])
+    judge_max_attempts: int = Field(default=3, ge=1, description="tries per text while the reply is unparseable")
+    judge_reasoning: bool = Field(default=True, description="also judge reasoning traces (leak rate)")
+    use_judge: bool = Field(default=True, description="false = rule-only evaluation (no judge endpoint)")
     confidence: float = Field(default=0.95, gt=0, lt=1)
+
+    @field_validator("judge_prompts")
+    @classmethod
+    def _known_prompts(cls, ids: list[str]) -> list[str]:
+        unknown = [i for i in ids if i not in JUDGE_PROMPT_IDS]
+        if unknown:
+            raise ValueError(f"unknown judge prompt(s) {unknown}; known: {', '.join(JUDGE_PROMPT_IDS)}")
+        return ids
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[BenchModelConfig]) -> list[BenchModelConfig]:
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique (got {names})")
+        return models

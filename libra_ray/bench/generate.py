@@ -1,0 +1,193 @@
+"""Generation at scale: benchmark prompts -> answers, one model at a time, on Ray Data.
+
+Engines run as Ray actors (`map_batches` over a callable class, `concurrency` = replicas), or through
+Ray's `ray.data.llm` vLLM processor. Results stream back to the driver, which writes each finished
+block as a Parquet shard under `<bench_dir>/<model>/generations/`; a re-run skips every row id
+already written, so a crashed run resumes without regenerating finished rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from libra_ray.bench import store
+from libra_ray.bench.engines import OUTPUT_COLUMNS, OpenAIEngine, TransformersEngine, VLLMEngine, chat_messages
+from libra_ray.bench.rules import split_reasoning
+from libra_ray.config import join_uri
+
+if TYPE_CHECKING:
+    from libra_ray.bench.config import BenchConfig, BenchModelConfig
+    from libra_ray.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+# The ray.data.llm processor's helper stages must not take whole CPUs, or a 2-CPU cluster deadlocks
+# (the engine holds one CPU; see ENVIRONMENT.md).
+_HELPER_STAGE = {"num_cpus": 0.1}
+
+
+def prompts_path(cfg: "PipelineConfig") -> str:
+    return cfg.bench.prompts or join_uri(cfg.dataset_dir, "test")
+
+
+def generations_dir(cfg: "PipelineConfig", model: str) -> str:
+    return join_uri(cfg.bench_dir, model, "generations")
+
+
+def load_benchmark_prompts(cfg: "PipelineConfig") -> pa.Table:
+    table = store.load_prompts(prompts_path(cfg))
+    if cfg.bench.max_prompts:
+        table = table.slice(0, cfg.bench.max_prompts)
+    return table
+
+
+def _engine_args(cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str | None) -> tuple[type, dict, dict]:
+    """(engine class, constructor kwargs, Ray resources per actor) for one model."""
+    from libra_ray.tiny import resolve_model
+
+    b: BenchConfig = cfg.bench
+    common = dict(max_tokens=b.max_tokens, temperature=b.temperature, top_p=b.top_p, system_prompt=b.system_prompt)
+    if model.engine == "openai":
+        cache = join_uri(cfg.bench_dir, model.name, "api_cache")
+        kwargs = dict(endpoint=model.endpoint.model_dump(), base_url=base_url, cache_dir=cache, **common)
+        return OpenAIEngine, kwargs, {"num_cpus": 0.25}
+    path = resolve_model(model.path, cfg)
+    if model.engine == "transformers":
+        threads = max(1, int(b.num_cpus_per_replica))
+        kwargs = dict(max_model_len=b.max_model_len, seed=b.seed, num_threads=threads, **common)
+        return TransformersEngine, {"model": path, **kwargs}, {"num_cpus": b.num_cpus_per_replica,
+                                                               "num_gpus": b.num_gpus_per_replica}
+    kwargs = dict(model=path, max_model_len=b.max_model_len, seed=b.seed, tensor_parallel_size=b.tensor_parallel_size,
+                  gpu_memory_utilization=b.gpu_memory_utilization, enforce_eager=b.enforce_eager,
+                  kv_cache_gib=b.kv_cache_gib, **common)
+    return VLLMEngine, kwargs, {"num_cpus": b.num_cpus_per_replica, "num_gpus": b.num_gpus_per_replica}
+
+
+def _actor_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str | None):
+    cls, kwargs, resources = _engine_args(cfg, model, base_url)
+    return ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=cfg.bench.batch_size,
+                          concurrency=cfg.bench.num_replicas, batch_format="pyarrow", **resources)
+
+
+def _ray_data_llm_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig"):
+    """Ray's own vLLM batch processor; per-row errors via `should_continue_on_error`."""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from libra_ray.tiny import resolve_model
+
+    b = cfg.bench
+    config = vLLMEngineProcessorConfig(
+        model_source=resolve_model(model.path, cfg),
+        engine_kwargs=dict(max_model_len=b.max_model_len, enforce_eager=b.enforce_eager,
+                           gpu_memory_utilization=b.gpu_memory_utilization,
+                           tensor_parallel_size=b.tensor_parallel_size, seed=b.seed),
+        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(b.kv_cache_gib)}},
+        batch_size=b.batch_size,
+        concurrency=b.num_replicas,
+        # On CPU the engine must ask for CPUs, not the default GPU bundle (which never schedules here).
+        placement_group_config={"bundles": [{"CPU": b.num_cpus_per_replica, "GPU": b.num_gpus_per_replica}
+                                            if b.num_gpus_per_replica else {"CPU": b.num_cpus_per_replica}]
+                                * b.tensor_parallel_size},
+        should_continue_on_error=True,
+        chat_template_stage=dict(_HELPER_STAGE),
+        tokenize_stage=dict(_HELPER_STAGE),
+        detokenize_stage=dict(_HELPER_STAGE),
+    )
+    sampling = dict(temperature=b.temperature, top_p=b.top_p, max_tokens=b.max_tokens, seed=b.seed)
+    system_prompt = b.system_prompt
+    processor = build_processor(
+        config,
+        preprocess=lambda row: dict(row, messages=chat_messages(row["prompt"], system_prompt), sampling_params=sampling),
+        preprocess_map_kwargs=dict(_HELPER_STAGE),
+    )
+    keep = None  # input columns, filled lazily by the normaliser
+
+    def normalise(batch: pa.Table) -> pa.Table:
+        """Back to our output columns (error rows bypass postprocess in ray.data.llm, so do it here)."""
+        rows = batch.to_pylist()
+        out = []
+        for r in rows:
+            err = r.get("__inference_error__") or None
+            raw = None if err else r.get("generated_text")
+            final, trace = split_reasoning(raw) if raw is not None else (None, None)
+            out.append({**{k: r.get(k) for k in keep},
+                        "raw_text": raw, "answer": final, "reasoning": trace,
+                        "error": f"engine: {err}" if err else None,
+                        "prompt_tokens": r.get("num_input_tokens"), "completion_tokens": r.get("num_generated_tokens")})
+        return pa.Table.from_pylist(out)
+
+    keep = list(ds.schema().names)
+    return processor(ds).map_batches(normalise, batch_format="pyarrow", **_HELPER_STAGE)
+
+
+def _normalise_types(table: pa.Table) -> pa.Table:
+    """Fixed output schema so shards from different runs and engines concatenate."""
+    types = {"raw_text": pa.string(), "answer": pa.string(), "reasoning": pa.string(), "error": pa.string(),
+             "prompt_tokens": pa.int64(), "completion_tokens": pa.int64()}
+    for col, typ in types.items():
+        arr = table[col] if col in table.column_names else pa.nulls(table.num_rows, typ)
+        if arr.type != typ:
+            arr = pa.array(arr.to_pylist(), type=typ)
+        idx = table.column_names.index(col) if col in table.column_names else -1
+        table = table.set_column(idx, col, arr) if idx >= 0 else table.append_column(col, arr)
+    return table
+
+
+def generate(cfg: "PipelineConfig", model: "BenchModelConfig", prompts: pa.Table | None = None,
+             base_url: str | None = None) -> dict[str, Any]:
+    """Generate answers for every benchmark prompt not yet done; returns counts and throughput."""
+    import ray
+
+    prompts = load_benchmark_prompts(cfg) if prompts is None else prompts
+    out_dir = generations_dir(cfg, model.name)
+    done = store.done_ids(out_dir)
+    todo = prompts.filter(pc.invert(pc.is_in(prompts["id"], pa.array(sorted(done), pa.string()))))
+    total, start = prompts.num_rows, time.perf_counter()
+    summary = {"model": model.name, "engine": model.engine, "rows": total, "resumed": total - todo.num_rows,
+               "generated": 0, "errors": 0, "completion_tokens": 0, "seconds": 0.0}
+    if todo.num_rows == 0:
+        log.info("%s: all %d rows already generated", model.name, total)
+        return summary
+    log.info("%s: generating %d of %d rows with %s (%d replica(s))", model.name, todo.num_rows, total,
+             model.engine, cfg.bench.num_replicas)
+    # One input block per batch: blocks finish (and are persisted) one by one, not all at the end.
+    bs = cfg.bench.batch_size
+    ds = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
+    if model.engine == "ray_data_llm":
+        ds = _ray_data_llm_pipeline(ds, cfg, model)
+    else:
+        ds = _actor_pipeline(ds, cfg, model, base_url)
+    # Stream blocks back as they finish and persist each: a crash loses at most the blocks in flight.
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        block = _normalise_types(block).append_column("model", pa.array([model.name] * block.num_rows, pa.string()))
+        store.write_shard(out_dir, block)
+        summary["generated"] += block.num_rows
+        summary["errors"] += block.num_rows - pc.sum(pc.is_null(block["error"]).cast(pa.int64())).as_py()
+        summary["completion_tokens"] += pc.sum(block["completion_tokens"]).as_py() or 0
+        done_now = summary["resumed"] + summary["generated"]
+        elapsed = time.perf_counter() - start
+        log.info("%s: %d/%d rows (%.0f%%), %.1f rows/s, %d errors", model.name, done_now, total,
+                 100 * done_now / total, summary["generated"] / max(elapsed, 1e-9), summary["errors"])
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    summary["tokens_per_s"] = round(summary["completion_tokens"] / max(summary["seconds"], 1e-9), 1)
+    return summary
+
+
+def read_generations(cfg: "PipelineConfig", model: str, ids: list[str] | None = None) -> pa.Table:
+    """All generated rows of a model (one per id: the first shard wins if a crash duplicated a row)."""
+    table = store.read_table(generations_dir(cfg, model))
+    seen, keep = set(), []
+    for i, rid in enumerate(table["id"].to_pylist()):
+        if rid not in seen and (ids is None or rid in ids):
+            seen.add(rid)
+            keep.append(i)
+    return table.take(pa.array(keep, pa.int64()))
+
+
+__all__ = ["generate", "generations_dir", "load_benchmark_prompts", "prompts_path", "read_generations",
+           "OUTPUT_COLUMNS"]

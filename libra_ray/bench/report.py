@@ -1,0 +1,119 @@
+"""Benchmark report: several models side by side as Markdown, HTML (embedded PNG plots) and JSON."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from typing import Any
+
+from libra_ray.bench import store
+from libra_ray.config import join_uri
+
+METRICS = ("safety", "utility", "over_refusal", "overall")
+
+
+def _pct(metric: dict | None) -> str:
+    if not metric or metric.get("value") is None:
+        return "n/a"
+    return f"{100 * metric['value']:.1f} [{100 * metric['ci_low']:.1f}, {100 * metric['ci_high']:.1f}]"
+
+
+def _plot_png(models: dict[str, dict], key: str | None, title: str) -> bytes:
+    """Grouped bars with CI whiskers: metrics x models (key None) or groups of a breakdown (safety/utility)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(models)
+    if key is None:
+        groups = [(m, lambda s, m=m: s.get(m)) for m in METRICS]
+    else:
+        labels = sorted({g for s in models.values() for g in s.get(key, {})})
+        groups = [(f"{g}\n{m}", lambda s, g=g, m=m: s.get(key, {}).get(g, {}).get(m))
+                  for g in labels for m in ("safety", "utility")]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * max(1, len(names)) ** 0.5), 3.6), dpi=100)
+    width = 0.8 / max(1, len(names))
+    for j, name in enumerate(names):
+        vals, lo, hi = [], [], []
+        for _, get in groups:
+            m = get(models[name]) or {}
+            v = m.get("value")
+            vals.append(100 * v if v is not None else 0)
+            lo.append(100 * (v - m["ci_low"]) if v is not None else 0)
+            hi.append(100 * (m["ci_high"] - v) if v is not None else 0)
+        xs = [i + j * width for i in range(len(groups))]
+        ax.bar(xs, vals, width, yerr=[lo, hi], capsize=3, label=name)
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(groups))])
+    ax.set_xticklabels([g for g, _ in groups], fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("%")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_markdown(report: dict) -> str:
+    models = report["models"]
+    lines = [f"# Benchmark report: {report['run']}", "",
+             f"Prompts: `{report['prompts']}` · rule: `{report['rule']}` · judge prompts: "
+             f"{', '.join(report['judge_prompts']) or 'none (rule only)'} · CI: Wilson {100 * report['confidence']:.0f}%",
+             "", "Scores in % with confidence interval. Safety = refusal rate on illegitimate prompts; "
+             "utility = answer rate on legitimate prompts; overall = accuracy over all prompts.", "",
+             "| model | engine | n | safety | utility | over-refusal | overall | gen. errors | unjudged | reasoning leak |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in models.items():
+        leak = s["reasoning_leak"]
+        lines.append(f"| {name} | {s.get('engine', '')} | {s['n']} | {_pct(s['safety'])} | {_pct(s['utility'])} | "
+                     f"{_pct(s['over_refusal'])} | {_pct(s['overall'])} | {s['generation_errors']} | "
+                     f"{s['unjudged']} of {s['n']} | {_pct(leak) if leak['n'] else 'n/a (no traces)'} |")
+    for key, title in (("by_category", "category"), ("by_form", "form")):
+        lines += ["", f"## By {title}", "", f"| model | {title} | n | safety | utility | overall |", "|---|---|---|---|---|---|"]
+        for name, s in models.items():
+            for group, g in s[key].items():
+                lines.append(f"| {name} | {group} | {g['n']} | {_pct(g['safety'])} | {_pct(g['utility'])} | {_pct(g['overall'])} |")
+    lines += ["", "## How labels were made", "",
+              "| model | rule refusal | judge refusal (judged rows) | rule/judge agreement | 3-class (C/P/R) | utility score |",
+              "|---|---|---|---|---|---|"]
+    for name, s in models.items():
+        three = s.get("refusal_3class")
+        three_s = f"{three['compliance']}/{three['partial']}/{three['refusal']}" if three else "n/a"
+        util = f"{s['utility_score_mean']:.2f} (n={s['utility_score_n']})" if "utility_score_mean" in s else "n/a"
+        lines.append(f"| {name} | {_pct(s['rule_refusal_rate'])} | {_pct(s['judge_refusal_rate'])} | "
+                     f"{_pct(s['rule_judge_agreement'])} | {three_s} | {util} |")
+    lines += ["", "Unjudged rows (judge reply unparseable after retries, or request failed) are labelled by "
+              "the rule alone; their raw judge replies are kept in `<model>/evaluations.parquet`."]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(report: dict, markdown: str) -> str:
+    models = report["models"]
+    plots = [("Scores", _plot_png(models, None, "Scores by model (95% CI)" if report["confidence"] == 0.95
+                                  else "Scores by model")),
+             ("By category", _plot_png(models, "by_category", "Safety / utility by category")),
+             ("By form", _plot_png(models, "by_form", "Safety / utility by form"))]
+    imgs = "\n".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,"
+                     f"{base64.b64encode(png).decode()}'/>" for t, png in plots)
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>libra_ray benchmark</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}pre{white-space:pre-wrap}</style>"
+            f"</head><body>{imgs}<h2>Tables</h2><pre>{html.escape(markdown)}</pre></body></html>")
+
+
+def write_report(bench_dir: str, report: dict) -> dict[str, str]:
+    """Write report.md, report.html and report.json under `bench_dir`; returns their paths."""
+    md = render_markdown(report)
+    paths = {ext: join_uri(bench_dir, f"report.{ext}") for ext in ("md", "html", "json")}
+    store.write_file(paths["md"], md.encode())
+    store.write_file(paths["html"], render_html(report, md).encode())
+    store.write_file(paths["json"], json.dumps(report, indent=2, default=_json_default).encode())
+    return paths
+
+
+def _json_default(obj: Any) -> Any:
+    return str(obj)
