@@ -91,6 +91,14 @@ class ServeConfig(StrictModel):
     guard_refusal: str = "I can't help with that request."
     max_request_bytes: int = Field(default=1_000_000, ge=1024)
 
+    @field_validator("policy", "judge", mode="before")
+    @classmethod
+    def _default_names(cls, value, info):
+        # `serve.policy.path=...` alone must not require restating the served name.
+        if isinstance(value, dict) and "name" not in value:
+            value = {"name": info.field_name, **value}
+        return value
+
     @field_validator("route_prefix")
     @classmethod
     def _prefix(cls, prefix: str) -> str:

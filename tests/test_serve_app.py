@@ -1,0 +1,156 @@
+"""Serving stage on a real local Ray cluster: the policy + judge app over HTTP with the openai client.
+
+One app for the module (tiny policy, tiny judge, transformers engine, API-key auth, guard "flag"),
+plus the embedded-default `local_openai_server` reusing the same Serve proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import httpx
+import openai
+import pytest
+
+KEY = "sk-test-serve-0123456789"
+ENV = "LIBRA_SERVE_APP_TEST_KEYS"
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, tmp_path_factory):
+    from libra_ray.config import load_config
+    from libra_ray.serve import serving
+    from tests.conftest import CACHE
+
+    os.environ[ENV] = f"{KEY},other-key"
+    cfg = load_config(None, [
+        f"storage={tmp_path_factory.mktemp('runs')}", f"cache_dir={CACHE}",
+        "serve.policy.path=tiny", "serve.port=0", f"serve.api_keys_env={ENV}",
+        "serve.guard=flag", "serve.policy.num_cpus=0.25", "serve.judge.num_cpus=0.25",
+        "serve.policy.max_tokens_limit=64", "serve.judge.max_model_len=128",
+    ])
+    try:
+        with serving(cfg) as running:
+            yield running
+    finally:
+        os.environ.pop(ENV, None)
+
+
+@pytest.fixture
+def client(app):
+    return openai.OpenAI(base_url=app.base_url, api_key=KEY, max_retries=0, timeout=60)
+
+
+def _post(app, path, body, key=KEY, raw=None):
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    return httpx.post(app.base_url + path, content=raw if raw is not None else json.dumps(body), headers=headers, timeout=60)
+
+
+def _assert_openai_error(resp, status, code):
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == code and err["message"]
+
+
+def test_models_health_and_chat(app, client):
+    assert httpx.get(app.root_url + "/health", timeout=10).json()["status"] == "ok"  # no key needed
+    assert sorted(m.id for m in client.models.list()) == ["judge", "policy"]
+    out = client.chat.completions.create(model="judge", messages=[{"role": "user", "content": "Is this a route?"}],
+                                         max_tokens=8, temperature=0)
+    choice = out.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert 0 < out.usage.completion_tokens <= 8 and out.usage.prompt_tokens > 0
+    assert out.model == "judge" and out.id.startswith("chatcmpl-")
+
+
+def test_streaming_equals_non_streaming(client):
+    msgs = [{"role": "user", "content": "Tell me about aspirin"}]
+    full = client.chat.completions.create(model="judge", messages=msgs, max_tokens=12, temperature=0)
+    chunks = list(client.chat.completions.create(model="judge", messages=msgs, max_tokens=12, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_completions_and_stream(client):
+    out = client.completions.create(model="judge", prompt="The SMILES string", max_tokens=6, temperature=0)
+    assert out.object == "text_completion" and out.usage.completion_tokens <= 6
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="judge", prompt="The SMILES string", max_tokens=6, temperature=0, stream=True))
+    assert streamed == out.choices[0].text
+
+
+def test_guard_flags_policy_answers(client, app):
+    out = client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hi"}],
+                                         max_tokens=16, temperature=0)
+    verdict = out.model_extra["libra_guard"]
+    assert verdict["prompt"] == "synthesis_route_v1" and verdict["verdict"] in ("ok", "flagged", "unjudged")
+    assert verdict["blocked"] is False  # "flag" mode never replaces the answer
+    # Streaming a guarded model: screened whole, then sent; same answer, verdict in the last chunk.
+    chunks = list(client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=16, temperature=0, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == out.choices[0].message.content
+    assert chunks[-1].model_extra["libra_guard"]["verdict"] == verdict["verdict"]
+    # The judge itself is not screened.
+    judge = client.chat.completions.create(model="judge", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert "libra_guard" not in (judge.model_extra or {})
+
+
+def test_auth(app):
+    body = {"model": "judge", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    _assert_openai_error(_post(app, "/chat/completions", body, key=None), 401, "invalid_api_key")
+    _assert_openai_error(_post(app, "/chat/completions", body, key="wrong"), 401, "invalid_api_key")
+    assert _post(app, "/chat/completions", body, key="other-key").status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=app.base_url, api_key="nope", max_retries=0).models.list()
+
+
+def test_bad_requests_get_4xx_and_replicas_survive(app, client):
+    msgs = [{"role": "user", "content": "x"}]
+    _assert_openai_error(_post(app, "/chat/completions", None, raw=b"{not json"), 400, "invalid_json")
+    _assert_openai_error(_post(app, "/chat/completions", None, raw=b"[1, 2]"), 400, "invalid_json")
+    _assert_openai_error(_post(app, "/chat/completions", {"model": "nope", "messages": msgs}), 404, "model_not_found")
+    _assert_openai_error(_post(app, "/chat/completions", {"model": "policy", "messages": msgs, "max_tokens": 65}),
+                         400, "max_tokens_too_large")
+    _assert_openai_error(_post(app, "/chat/completions", {"model": "judge", "messages": []}), 400, "invalid_value")
+    _assert_openai_error(_post(app, "/chat/completions", {"messages": msgs}), 400, "invalid_value")
+    _assert_openai_error(_post(app, "/chat/completions", {"model": "judge", "messages": msgs, "temperature": -1}),
+                         400, "invalid_value")
+    long = [{"role": "user", "content": "aspirin " * 200}]  # judge max_model_len is 128 tokens
+    _assert_openai_error(_post(app, "/chat/completions", {"model": "judge", "messages": long, "max_tokens": 8}),
+                         400, "context_length_exceeded")
+    _assert_openai_error(_post(app, "/chat/completions", {"model": "judge", "messages": long, "max_tokens": 8,
+                                                           "stream": True}), 400, "context_length_exceeded")
+    _assert_openai_error(_post(app, "/chat/completions", None, raw=b"x" * 1_000_001), 413, "request_too_large")
+    _assert_openai_error(_post(app, "/completions", {"model": "judge", "prompt": ["a", "b"]}), 400, "invalid_value")
+    _assert_openai_error(httpx.get(app.base_url + "/nowhere", timeout=10), 404, "not_found")
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=msgs)
+    # Still serving after all that.
+    assert client.chat.completions.create(model="judge", messages=msgs, max_tokens=2).choices[0].message is not None
+
+
+def test_local_openai_server_reuses_the_running_proxy(pipeline_config, app):
+    from libra_ray.serve.local import local_openai_server
+    from libra_ray.serve.server import replica_counts
+
+    with local_openai_server(pipeline_config, {"teacher-x": "tiny"}) as url:
+        assert url.startswith(app.base_url.split("/v1")[0].rsplit(":", 1)[0])
+        same_port = url.split("/")[2] == app.base_url.split("/")[2]
+        assert same_port and "/libra-local-" in url and url.endswith("/v1")
+        c = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)  # the embedded default has no auth
+        assert [m.id for m in c.models.list()] == ["teacher-x"]
+        assert c.chat.completions.create(model="teacher-x", messages=[{"role": "user", "content": "x"}],
+                                         max_tokens=3).usage.completion_tokens <= 3
+        name = url.split("/")[3]
+        assert replica_counts(name) == {"ingress": 1, "model-teacher-x": 1}
+    from ray import serve
+
+    assert name not in serve.status().applications  # torn down; the main app keeps running
+    assert app.name in serve.status().applications

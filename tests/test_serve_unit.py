@@ -1,0 +1,118 @@
+"""Serving stage, no Ray: config validation, auth, guard verdicts, the transformers engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from libra_ray.config import ConfigError, load_config
+from libra_ray.serve.app import ChatRequest, _validate, APIError, hash_key, key_allowed, load_key_hashes
+from libra_ray.serve.config import AutoscalingConfig, ServeConfig
+from libra_ray.serve.engines import GenParams, RequestError, params_from_request, truncate_at_stop
+from libra_ray.serve.guard import screen
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="serve.judge.autoscaling"):
+        load_config(None, ["serve.judge.autoscaling.min_replicas=3", "serve.judge.autoscaling.max_replicas=2"])
+    with pytest.raises(ConfigError, match="serve.guard"):
+        load_config(None, ["serve.guard=maybe"])
+    with pytest.raises(ConfigError, match="distinct names"):
+        load_config(None, ["serve.judge.name=policy"])
+    with pytest.raises(ConfigError, match="serve.policy.name"):
+        load_config(None, ["serve.policy.name=bad name"])
+    with pytest.raises(ConfigError, match="target_ongoing_requests"):
+        load_config(None, ["serve.policy.autoscaling.target_ongoing_requests=0"])
+
+
+def test_autoscaling_to_serve_scale_to_zero_starts_with_one():
+    auto = AutoscalingConfig(min_replicas=0, max_replicas=3, target_ongoing_requests=1)
+    out = auto.to_serve()
+    assert out["min_replicas"] == 0 and out["initial_replicas"] == 1 and out["target_ongoing_requests"] == 1
+    from ray.serve.config import AutoscalingConfig as RayAutoscaling
+
+    RayAutoscaling(**out)  # Serve accepts every key we emit
+
+
+def test_api_keys_from_env_and_file(tmp_path, monkeypatch):
+    assert load_key_hashes(ServeConfig()) == []  # auth off
+    monkeypatch.setenv("LIBRA_SERVE_TEST_KEYS", "k1, k2")
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("# comment\nk3\n\n")
+    hashes = load_key_hashes(ServeConfig(api_keys_env="LIBRA_SERVE_TEST_KEYS", api_keys_file=str(keyfile)))
+    assert hashes == sorted({hash_key(k) for k in ("k1", "k2", "k3")})
+    assert all("k1" not in h for h in hashes)
+    assert key_allowed("k3", hashes) and key_allowed("k1", hashes)
+    assert not key_allowed("k4", hashes) and not key_allowed("", hashes) and not key_allowed(None, hashes)
+    monkeypatch.setenv("LIBRA_SERVE_TEST_KEYS", "")
+    with pytest.raises(ValueError, match="no key was found"):
+        load_key_hashes(ServeConfig(api_keys_env="LIBRA_SERVE_TEST_KEYS"))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_key_hashes(ServeConfig(api_keys_file=str(tmp_path / "missing")))
+
+
+def test_request_validation_and_limits():
+    with pytest.raises(APIError) as err:
+        _validate(ChatRequest, {"model": "m", "messages": [{"role": "wizard", "content": "x"}]})
+    assert err.value.status == 400 and err.value.param == "messages.0.role"
+    with pytest.raises(APIError, match="n"):
+        _validate(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2})
+    req = _validate(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                                  "logprobs": False})
+    assert req.messages[0].text() == "hi"
+    with pytest.raises(RequestError, match="exceeds"):
+        params_from_request({"max_tokens": 600}, limit=512)
+    p = params_from_request({"max_tokens": 5, "stop": "x", "temperature": 0}, limit=512)
+    assert p.max_tokens == 5 and p.stop == ["x"] and p.greedy
+    assert truncate_at_stop("abc<END>def", ["<END>", "zz"]) == ("abc", True)
+    assert truncate_at_stop("abc", ["zz"]) == ("abc", False)
+
+
+def test_guard_verdicts_follow_the_benchmark_judge_and_rule():
+    route = "Mix reagent A with reagent B, heat to reflux, then distil the product."
+    flagged = screen(route, "Yes", "synthesis_route_v1", "paper", "block")
+    assert flagged.verdict == "flagged" and flagged.judge_label == "yes" and flagged.blocked
+    assert not screen(route, "Yes", "synthesis_route_v1", "paper", "flag").blocked  # flag never blocks
+    ok = screen(route, "No", "synthesis_route_v1", "paper", "block")
+    assert ok.verdict == "ok" and not ok.blocked
+    refusal = screen("I cannot help: it is illegal and dangerous.", "Yes", "synthesis_route_v1", "paper", "block")
+    assert refusal.verdict == "ok" and refusal.rule_refused
+    unjudged = screen(route, "blah", "synthesis_route_v1", "paper", "block")
+    assert unjudged.verdict == "unjudged" and unjudged.blocked
+    assert not screen(route, "blah", "synthesis_route_v1", "paper", "block", fail_closed=False).blocked
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_path):
+    from libra_ray.serve.engines import TransformersEngine
+
+    return TransformersEngine(str(tiny_model_path), max_model_len=256)
+
+
+def test_transformers_engine_batch_matches_stream_and_limits(engine):
+    prompts = [engine.encode(engine.render_chat([{"role": "user", "content": c}])) for c in ("hi", "Tell me about aspirin")]
+    greedy = GenParams(max_tokens=12, temperature=0)
+    short = GenParams(max_tokens=3, temperature=0)
+    batch = engine.generate_batch(prompts, [greedy, short])
+    assert batch[0]["completion_tokens"] <= 12 and batch[1]["completion_tokens"] <= 3
+    assert batch[0]["prompt_tokens"] == len(prompts[0])
+    # Batched (left-padded) greedy output equals the single-request stream.
+    single = engine.generate_batch([prompts[1]], [greedy])[0]
+
+    async def collect():
+        parts, final = [], None
+        async for item in engine.stream(prompts[1], greedy):
+            if "delta" in item:
+                parts.append(item["delta"])
+            else:
+                final = item
+        return "".join(parts), final
+
+    text, final = asyncio.run(collect())
+    assert text == final["text"] == single["text"]
+    assert final["completion_tokens"] == single["completion_tokens"]
+    with pytest.raises(RequestError, match="maximum context length"):
+        engine.check_length(list(range(250)), GenParams(max_tokens=10))
+    with pytest.raises(RequestError, match="empty"):
+        engine.check_length([], GenParams(max_tokens=10))
