@@ -102,7 +102,9 @@ def _ray_data_llm_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig")
     system_prompt = b.system_prompt
     processor = build_processor(
         config,
-        preprocess=lambda row: dict(row, messages=chat_messages(row["prompt"], system_prompt), sampling_params=sampling),
+        # The processor overwrites `prompt` with the templated text: keep the benchmark prompt aside.
+        preprocess=lambda row: dict(row, bench_prompt=row["prompt"], sampling_params=sampling,
+                                    messages=chat_messages(row["prompt"], system_prompt)),
         preprocess_map_kwargs=dict(_HELPER_STAGE),
     )
     keep = None  # input columns, filled lazily by the normaliser
@@ -115,7 +117,7 @@ def _ray_data_llm_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig")
             err = r.get("__inference_error__") or None
             raw = None if err else r.get("generated_text")
             final, trace = split_reasoning(raw) if raw is not None else (None, None)
-            out.append({**{k: r.get(k) for k in keep},
+            out.append({**{k: r.get(k) for k in keep}, "prompt": r.get("bench_prompt"),
                         "raw_text": raw, "answer": final, "reasoning": trace,
                         "error": f"engine: {err}" if err else None,
                         "prompt_tokens": r.get("num_input_tokens"), "completion_tokens": r.get("num_generated_tokens")})
