@@ -1,0 +1,287 @@
+"""End to end: a real two-node Ray cluster on 127.0.0.1 (`ray start` head + worker), jobs submitted
+with the real `libra-ray submit` CLI through the Job Submission API.
+
+The cluster runs in its own process groups and its own temp dir; teardown kills only those.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "libra_ray"
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _node_ports() -> list[str]:
+    """Every port a node would otherwise take at a fixed default (and collide with other clusters)."""
+    agent, grpc, renv, metrics = _free_ports(4)
+    return ["--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc),
+            "--runtime-env-agent-port", str(renv), "--metrics-export-port", str(metrics)]
+
+
+class LocalCluster:
+    """A head and N worker nodes started with `ray start --block`, each in its own process group."""
+
+    def __init__(self, num_workers: int = 1, cpus_per_node: int = 1):
+        self.temp_dir = tempfile.mkdtemp(prefix="lrc-", dir="/tmp")  # short: unix socket paths
+        gcs, dash, client = _free_ports(3)
+        self.gcs_address = f"127.0.0.1:{gcs}"
+        self.dashboard = f"http://127.0.0.1:{dash}"
+        # Token auth, as Ray 2.60 enables by default, with a token private to this cluster.
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        self.env.update(self.auth)
+        os.environ.update(self.auth)  # this process talks to the cluster too (state API, job client)
+        self.env.update({
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
+            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "TORCH_EXTENSIONS_DIR": str(CACHE / "torch_extensions"),
+        })
+        common = ["--block", "--node-ip-address", "127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=0",
+                  "--object-store-memory", str(300 * 1024**2), "--temp-dir", self.temp_dir, "--disable-usage-stats"]
+        self.procs: list[subprocess.Popen] = []
+        self.log = open(os.path.join(self.temp_dir, "ray-start.log"), "w")
+        try:
+            self._boot(gcs, dash, client, num_workers, common)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _boot(self, gcs: int, dash: int, client: int, num_workers: int, common: list[str]) -> None:
+        self._start(["--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                     f"--dashboard-port={dash}", f"--ray-client-server-port={client}", *_node_ports(), *common])
+        self._wait(lambda: self._alive_nodes() >= 1, "head node")
+        for _ in range(num_workers):
+            self._start([f"--address={self.gcs_address}", *_node_ports(), *common])
+        self._wait(lambda: self._alive_nodes() >= 1 + num_workers, "worker nodes")
+
+    def _start(self, args: list[str]) -> None:
+        self.procs.append(subprocess.Popen([str(BIN / "ray"), "start", *args], env=self.env, stdout=self.log,
+                                           stderr=subprocess.STDOUT, start_new_session=True))
+
+    def _alive_nodes(self) -> int:
+        from ray.util.state import list_nodes
+
+        try:
+            return sum(n.state == "ALIVE" for n in list_nodes(address=self.dashboard, raise_on_missing_output=False))
+        except Exception:  # not up yet
+            return 0
+
+    def _wait(self, ready, what: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"`ray start` exited while waiting for {what}; see {self.log.name}")
+            if ready():
+                return
+            time.sleep(1)
+        raise TimeoutError(f"{what} not up after {timeout_s}s; see {self.log.name}")
+
+    def shutdown(self) -> None:
+        for proc in reversed(self.procs):  # workers first, then the head
+            _kill_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10  # Ray's graceful stop is slow; then force it
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(proc.pid, signal.SIGKILL)
+        # Ray processes that left the group still name our private temp dir on their command line.
+        for pid in _pids_mentioning(self.temp_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    try:
+        c = LocalCluster(num_workers=1, cpus_per_node=1)  # shuts itself down if it fails to start
+        try:
+            yield c
+        finally:
+            c.shutdown()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def submit(cluster: LocalCluster, *args: str, env: dict | None = None, timeout: float = 300):
+    """Run the real CLI, as a user would, from the repository root."""
+    cmd = [str(BIN / "libra-ray"), "submit", "--address", cluster.dashboard, *args]
+    return subprocess.run(cmd, cwd=ROOT, env={**cluster.env, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def preflight_summary(stdout: str) -> dict:
+    return json.loads(next(line for line in stdout.splitlines() if line.startswith('{"storage"')))
+
+
+def job_task_nodes(cluster: LocalCluster, submission_id: str) -> set[str]:
+    """Node ids of the tasks and actors that ran for one job (Ray's state API)."""
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_tasks
+
+    job_id = JobSubmissionClient(cluster.dashboard).get_job_info(submission_id).job_id
+    tasks = list_tasks(address=cluster.dashboard, filters=[("job_id", "=", job_id)], limit=10000,
+                       raise_on_missing_output=False, detail=True)
+    return {t.node_id for t in tasks if t.node_id and t.type != "DRIVER_TASK"}
+
+
+def test_preflight_job_runs_on_every_node(cluster, tmp_path):
+    storage = tmp_path / "runs"
+    sid = f"preflight-{secrets.token_hex(4)}"
+    proc = submit(cluster, "--stage", "preflight", "--config", "jobs/quickstart.yaml", "--submission-id", sid,
+                  "--set", f"storage={storage}", "--set", "name=mn")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"job {sid} finished: SUCCEEDED" in proc.stdout
+    summary = preflight_summary(proc.stdout)
+    assert summary["num_nodes"] == 2 and summary["ok"]
+    assert len({n["node_id"] for n in summary["nodes"]}) == 2
+    assert len(list((storage / "mn" / "preflight").glob("*.json"))) == 2
+    assert len(job_task_nodes(cluster, sid)) == 2
+
+
+def test_failing_job_makes_submit_exit_nonzero(cluster):
+    # Valid config, but its storage is not writable on the cluster: the job fails remotely.
+    proc = submit(cluster, "--stage", "preflight", "--config", "jobs/quickstart.yaml",
+                  "--set", "storage=/proc/libra_ray_not_writable")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "finished: FAILED" in proc.stdout
+    assert "cannot write" in proc.stdout + proc.stderr
+
+
+def test_secret_passed_by_reference_is_never_echoed(cluster, tmp_path):
+    secret = "sk-test-" + secrets.token_hex(16)
+    sid = f"secret-{secrets.token_hex(4)}"
+    proc = submit(cluster, "--stage", "preflight", "--config", "jobs/quickstart.yaml", "--submission-id", sid,
+                  "--env-from", "LIBRA_RAY_TEST_KEY", "--set", "synth.teacher.api_key_env=LIBRA_RAY_TEST_KEY",
+                  "--set", f"storage={tmp_path / 'runs'}", env={"LIBRA_RAY_TEST_KEY": secret})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = preflight_summary(proc.stdout)
+    # The key reached every node (reported by name only) ...
+    assert all(n["secrets_present"]["LIBRA_RAY_TEST_KEY"] for n in summary["nodes"])
+    # ... and its value is in no output: submit's own, the job's logs, the files written.
+    from ray.job_submission import JobSubmissionClient
+
+    assert secret not in proc.stdout + proc.stderr
+    assert "LIBRA_RAY_TEST_KEY" in proc.stdout  # the runtime_env line names it
+    assert secret not in JobSubmissionClient(cluster.dashboard).get_job_logs(sid)
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_text(errors="replace")
+
+
+def test_no_wait_attach_status_and_stop(cluster):
+    from ray.job_submission import JobSubmissionClient
+
+    proc = submit(cluster, "--stage", "preflight", "--config", "jobs/quickstart.yaml", "--no-wait",
+                  "--set", "storage=/proc/libra_ray_not_writable")
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().splitlines()[-1]
+    attached = submit(cluster, "--attach", job_id)
+    assert attached.returncode == 1 and "finished: FAILED" in attached.stdout
+    assert submit(cluster, "--status", job_id).returncode == 1
+
+    # A long job (any entrypoint) is stopped through the CLI.
+    client = JobSubmissionClient(cluster.dashboard)
+    long_id = client.submit_job(entrypoint="sleep 300", entrypoint_num_cpus=0)
+    status = submit(cluster, "--status", long_id)
+    assert status.returncode == 0 and status.stdout.strip() in ("PENDING", "RUNNING")
+    assert submit(cluster, "--stop", long_id).returncode == 0
+    deadline = time.monotonic() + 60
+    while client.get_job_status(long_id).value != "STOPPED" and time.monotonic() < deadline:
+        time.sleep(1)
+    stopped = submit(cluster, "--status", long_id)
+    assert stopped.stdout.strip() == "STOPPED" and stopped.returncode == 1
+
+    unknown = submit(cluster, "--status", "no-such-job")
+    assert unknown.returncode == 2 and "no-such-job" in unknown.stderr
+
+
+def _stages_missing() -> list[str]:
+    from libra_ray.cli import STAGES, NotImplementedStage, stage_runner
+
+    missing = []
+    for stage in STAGES:
+        try:
+            stage_runner(stage)
+        except NotImplementedStage:
+            missing.append(stage)
+    return missing
+
+
+def test_quickstart_pipeline_on_two_nodes(cluster, tmp_path):
+    """The contract: the quickstart pipeline, submitted to a 2-node cluster, writes all its outputs."""
+    missing = _stages_missing()
+    if missing:
+        pytest.skip(f"stages not implemented yet: {missing}")
+    from libra_ray.config import load_config
+
+    overrides = [f"storage={tmp_path / 'runs'}", f"cache_dir={CACHE}", "name=multinode",
+                 "synth.num_legitimate=3", "synth.num_illegitimate=3", "synth.n_prompt=1", "synth.n_chosen=1",
+                 "synth.n_rejected=1", "train.max_steps=2", "train.save_steps=2", "bench.max_tokens=8"]
+    sid = f"pipeline-{secrets.token_hex(4)}"
+    args = ["--stage", "run", "--config", "jobs/quickstart.yaml", "--submission-id", sid]
+    for item in overrides:
+        args += ["--set", item]
+    proc = submit(cluster, *args, timeout=330)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    cfg = load_config(ROOT / "jobs" / "quickstart.yaml", overrides)
+    for out in (cfg.dataset_dir, cfg.checkpoint_dir, cfg.bench_dir):
+        files = [p for p in Path(out).rglob("*") if p.is_file()]
+        assert files, f"no output under {out}"
+    assert len(job_task_nodes(cluster, sid)) >= 2
