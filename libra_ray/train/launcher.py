@@ -1,0 +1,174 @@
+"""Driver side of stage 2: validate inputs, launch Ray Train `TorchTrainer`s (SFT, then DPO), publish the model.
+
+Layout (all under the run's storage, local or URI):
+  {checkpoint_dir}/{name}-sft, {name}-dpo   Ray Train runs (checkpoints, `num_to_keep`); rerun = resume
+  {checkpoint_dir}/sft_model                 the SFT model DPO starts from (and refers to)
+  {model_dir}                                the final consolidated HF model + libra_ray_train.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from libra_ray.config import ConfigError, join_uri
+from libra_ray.train.data import copy_tree, read_text, read_train_table, train_split_uri, write_text
+
+if TYPE_CHECKING:
+    from libra_ray.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "libra_ray_train.json"
+
+
+def load_deepspeed_config(ref: str | None) -> dict | None:
+    """A shipped DeepSpeed config by name (zero2, zero3, zero3_offload) or a JSON file by path."""
+    if ref is None:
+        return None
+    if ref.endswith(".json"):
+        if not os.path.isfile(ref):
+            raise ConfigError(f"train.deepspeed: {ref} does not exist")
+        text = open(ref).read()
+    else:
+        text = resources.files("libra_ray.train").joinpath("deepspeed", f"{ref}.json").read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"train.deepspeed: {ref} is not valid JSON ({err})") from None
+
+
+def check_model(ref: str) -> None:
+    """Fail before any worker starts when the model cannot be found (local folder or hub/cached id)."""
+    if "://" in ref:
+        return  # a remote folder; workers download it
+    if os.path.isdir(ref):
+        if not os.path.isfile(os.path.join(ref, "config.json")):
+            raise ConfigError(f"train.model: {ref} has no config.json (not a Hugging Face model folder)")
+        return
+    looks_local = ref.startswith(("/", ".", "~")) or ref.count("/") > 1
+    if looks_local:
+        raise ConfigError(f"train.model: {ref} does not exist")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(ref)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"train.model: {ref!r} is neither a local folder nor a loadable hub model ({err})") from None
+
+
+def check_resources(cfg: "PipelineConfig") -> None:
+    """Fail fast when the cluster can never host the workers (Ray would otherwise wait forever)."""
+    import ray
+
+    t = cfg.train
+    need = {"CPU": t.num_workers * t.cpus_per_worker}
+    if t.use_gpu:
+        need["GPU"] = t.num_workers * (t.gpus_per_worker or 1)
+    for key, per_worker in t.resources_per_worker.items():
+        need[key] = t.num_workers * per_worker
+    have = ray.cluster_resources()
+    short = [f"{k}: need {v:g} ({t.num_workers} workers), cluster has {have.get(k, 0):g}"
+             for k, v in need.items() if v > have.get(k, 0) + 1e-9]
+    if short:
+        raise ConfigError("train: more than the Ray cluster can ever provide; lower train.num_workers or "
+                          "per-worker resources. " + "; ".join(short))
+
+
+def _fingerprint(cfg: "PipelineConfig", model: str, dataset: str) -> dict:
+    """What the final model depends on: a finished run with the same one is not trained again."""
+    return {"model": model, "dataset": dataset, "train": cfg.train.model_dump(mode="json")}
+
+
+def fit_stage(cfg: "PipelineConfig", kind: str, model: str, dataset: str, destination: str) -> dict:
+    """One Ray Train run (`kind` "sft" or "dpo") that ends with the consolidated model copied to `destination`."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from libra_ray.train.worker import FINAL_MARKER, MODEL_SUBDIR, train_loop_per_worker
+
+    t = cfg.train
+    stage = {
+        "learning_rate": t.sft.learning_rate if kind == "sft" else t.learning_rate,
+        "max_steps": t.sft.max_steps if kind == "sft" else t.max_steps,
+        "deepspeed": load_deepspeed_config(t.deepspeed),
+        "deepspeed_name": t.deepspeed,
+    }
+    resources_per_worker = {"CPU": t.cpus_per_worker, **t.resources_per_worker}
+    if t.use_gpu:
+        resources_per_worker["GPU"] = t.gpus_per_worker or 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "kind": kind, "model": model, "dataset": dataset, "train": t.model_dump(mode="json"), "stage": stage,
+            "run_name": f"{cfg.name}-{kind}", "cache_dir": os.path.abspath(cfg.cache_dir),
+        },
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker=resources_per_worker),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=f"{cfg.name}-{kind}",
+            storage_path=cfg.checkpoint_dir,
+            checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+        ),
+    )
+    print(f"[libra-ray] train/{kind}: {t.num_workers} workers, deepspeed={t.deepspeed or 'off'}, "
+          f"model={model}, checkpoints in {cfg.checkpoint_dir}/{cfg.name}-{kind}", flush=True)
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"train/{kind}: Ray Train finished without a checkpoint")
+    with result.checkpoint.as_directory() as final:  # local storage: in place; remote: downloaded
+        if not os.path.isfile(os.path.join(final, FINAL_MARKER)):
+            raise RuntimeError(f"train/{kind}: the last checkpoint {result.checkpoint.path} holds no final model")
+        with open(os.path.join(final, FINAL_MARKER)) as f:
+            summary = json.load(f)
+        copy_tree(os.path.join(final, MODEL_SUBDIR), destination)
+    summary["checkpoint"] = result.checkpoint.path
+    return summary
+
+
+def run(cfg: "PipelineConfig") -> dict:
+    """Stage 2: (SFT on chosen ->) DPO; the final model lands in `cfg.model_dir`. Re-running resumes."""
+    from libra_ray.tiny import resolve_model
+
+    t = cfg.train
+    model = resolve_model(t.model, cfg)
+    check_model(model)
+    dataset = train_split_uri(cfg)
+    table = read_train_table(dataset)  # validates columns before any worker starts
+    batch = t.num_workers * t.per_device_batch_size
+    if table.num_rows < batch:
+        raise ConfigError(f"train.dataset: {table.num_rows} rows is fewer than one global batch "
+                          f"({t.num_workers} workers x {t.per_device_batch_size})")
+    load_deepspeed_config(t.deepspeed)  # a bad path or JSON fails here, not on a worker
+    check_resources(cfg)
+
+    fingerprint = _fingerprint(cfg, model, dataset)
+    done = read_text(join_uri(cfg.model_dir, SUMMARY_FILE))
+    if done and json.loads(done).get("fingerprint") == fingerprint:
+        summary = json.loads(done)["summary"]
+        print(f"[libra-ray] train: {cfg.model_dir} is already trained with this config; skipping", flush=True)
+        return {**summary, "skipped": True}
+
+    summary: dict = {"rows": table.num_rows, "dataset": dataset}
+    dpo_start = model
+    if t.sft.enabled:
+        sft_model = join_uri(cfg.checkpoint_dir, "sft_model")
+        summary["sft"] = fit_stage(cfg, "sft", model, dataset, sft_model)
+        dpo_start = sft_model
+    dpo = fit_stage(cfg, "dpo", dpo_start, dataset, cfg.model_dir)
+    summary.update({k: dpo.get(k) for k in ("steps", "first_loss", "final_loss", "sec_per_step", "resumed_from_step",
+                                            "rewards/accuracies", "rewards/margins", "tokens_per_s",
+                                            "peak_rss_gib_max_worker", "peak_gpu_mem_gib_max_worker",
+                                            "deepspeed", "device", "world_size", "checkpoint")})
+    summary["model_dir"] = cfg.model_dir
+    write_text(join_uri(cfg.model_dir, SUMMARY_FILE), json.dumps({"fingerprint": fingerprint, "summary": summary},
+                                                                  indent=2, default=str))
+    return summary
