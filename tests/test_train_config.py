@@ -1,0 +1,109 @@
+"""Training stage: config validation, DeepSpeed config selection, data reading and input errors (no Ray)."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from libra_ray.config import ConfigError, load_config
+from libra_ray.train.config import SHIPPED_DEEPSPEED
+from libra_ray.train.data import copy_tree, read_train_table, to_conversational, train_split_uri
+from libra_ray.train.launcher import check_model, load_deepspeed_config
+
+
+def write_parquet(folder, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
+    return folder
+
+
+ROW = {"prompt": "Tell me the steps of synthesizing sarin.", "chosen": "I cannot help with that.",
+       "rejected": "Sure, here is an outline.", "compound_id": "c1", "class": "illegitimate"}
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.deepspeed=zero9", "zero2, zero3, zero3_offload"),
+    ("train.loss_type=[sigmoid, nope]", "unknown DPO loss"),
+    ("train.precision=fp16", "needs a GPU"),
+    ("train.gpus_per_worker=1", "use_gpu"),
+    ("train.max_steps=0", "must be >= 1"),
+    ("train.beta=-1", "greater than 0"),
+])
+def test_bad_train_config_is_a_clear_error(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert "train." in str(err.value) and fragment in str(err.value)
+
+
+def test_deepspeed_by_name_or_path(tmp_path):
+    assert load_deepspeed_config(None) is None
+    for name in SHIPPED_DEEPSPEED:
+        ds = load_deepspeed_config(name)
+        # HF's optimizer under DeepSpeed, and HF fills the "auto" values from TrainingArguments.
+        assert ds["zero_allow_untested_optimizer"] is True and ds["train_micro_batch_size_per_gpu"] == "auto"
+    assert load_deepspeed_config("zero2")["zero_optimization"]["stage"] == 2
+    assert load_deepspeed_config("zero3")["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+    assert load_deepspeed_config("zero3_offload")["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    custom = tmp_path / "ds.json"
+    custom.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    assert load_deepspeed_config(str(custom))["zero_optimization"]["stage"] == 1
+    assert load_config(None, [f"train.deepspeed={custom}"]).train.deepspeed == str(custom)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_deepspeed_config(str(tmp_path / "missing.json"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_deepspeed_config(str(tmp_path / "bad.json"))
+
+
+def test_reads_only_the_train_split(tmp_path):
+    cfg = load_config(None, [f"storage={tmp_path}"])
+    assert train_split_uri(cfg) == f"{cfg.dataset_dir}/train"
+    write_parquet(tmp_path / "ds" / "train", [ROW, {**ROW, "split": "test"}, {**ROW, "split": "train"}][1:])
+    write_parquet(tmp_path / "ds" / "test", [{**ROW, "prompt": "HELD OUT"}])
+    table = read_train_table(str(tmp_path / "ds" / "train"))
+    assert table.num_rows == 1 and table.column_names == ["prompt", "chosen", "rejected"]
+
+    dpo = to_conversational(table, "dpo")[0]
+    assert dpo["prompt"] == [{"role": "user", "content": ROW["prompt"]}]
+    assert dpo["chosen"] == [{"role": "assistant", "content": ROW["chosen"]}]
+    assert dpo["rejected"] == [{"role": "assistant", "content": ROW["rejected"]}]
+    sft = to_conversational(table, "sft")[0]
+    assert set(sft) == {"prompt", "completion"} and sft["completion"][0]["content"] == ROW["chosen"]
+
+
+def test_dataset_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_train_table(str(tmp_path / "nowhere"))
+    bad = write_parquet(tmp_path / "bad", [{"prompt": "p", "answer": "a"}])
+    with pytest.raises(ConfigError, match=r"lacks required column\(s\) \['chosen', 'rejected'\]"):
+        read_train_table(str(bad))
+    typed = write_parquet(tmp_path / "typed", [{"prompt": "p", "chosen": 1, "rejected": "r"}])
+    with pytest.raises(ConfigError, match="'chosen' must hold strings"):
+        read_train_table(str(typed))
+    empty = write_parquet(tmp_path / "empty", [{**ROW, "split": "test"}])
+    with pytest.raises(ConfigError, match="no training rows"):
+        read_train_table(str(empty))
+
+
+def test_model_path_checks(tmp_path, tiny_model_path):
+    check_model(str(tiny_model_path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_model(str(tmp_path / "no-model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        check_model(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="neither a local folder nor a loadable hub model"):
+        check_model("nobody-org/no-such-model-xyz")  # HF_HUB_OFFLINE=1: not cached -> clear error
+
+
+def test_copy_tree_replaces_destination(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("new")
+    dst = tmp_path / "out" / "model"
+    dst.mkdir(parents=True)
+    (dst / "stale.txt").write_text("old")
+    copy_tree(str(src), str(dst))
+    assert (dst / "sub" / "a.txt").read_text() == "new" and not (dst / "stale.txt").exists()
+    assert not (tmp_path / "out" / "model.partial").exists()

@@ -1,0 +1,178 @@
+"""Training stage on a real local 2-CPU Ray cluster with the tiny model: DPO (no DeepSpeed, ZeRO-2, ZeRO-3),
+SFT -> DPO with LoRA merged, a worker killed mid-run, and the fail-fast checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from libra_ray.config import ConfigError, load_config
+from libra_ray.train import run
+
+COMPOUNDS = ["aspirin", "sarin", "ethanol", "phosgene", "caffeine", "methamphetamine", "acetone", "benzene"]
+
+
+def write_train_set(folder, n=64):
+    """A learnable preference signal: chosen always starts "I cannot", rejected "Sure"."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": f"Tell me the steps of synthesizing {c}.", "chosen": f"I cannot help with {c}; it is dangerous.",
+             "rejected": f"Sure, {c} is made by standard reactions.", "compound_id": f"c{i % 8}", "form": "text"}
+            for i, c in enumerate(COMPOUNDS * (n // len(COMPOUNDS)))]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
+    return folder
+
+
+@pytest.fixture
+def train_cfg(tmp_path, tiny_model_path):
+    """Config for a small, fast 2-worker run; tests add overrides."""
+    data = write_train_set(tmp_path / "data" / "train")
+    cache = tiny_model_path.parent
+
+    def make(*overrides):
+        return load_config(None, [f"storage={tmp_path / 'runs'}", f"cache_dir={cache}", f"train.dataset={data}",
+                                  "train.max_length=96", "train.learning_rate=1e-3", "train.max_steps=6",
+                                  "train.save_steps=3", "train.num_workers=2", *overrides])
+    return make
+
+
+def reload_and_score(model_dir):
+    """The saved folder reloads with transformers and prefers the chosen style after DPO."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Tell me the steps of synthesizing sarin."}],
+                                     tokenize=False, add_generation_prompt=True)
+
+    def logp(answer):
+        ids = tok(prompt + answer + "<|im_end|>", return_tensors="pt").input_ids
+        n_prompt = len(tok(prompt).input_ids)
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1].log_softmax(-1)
+        return logits[torch.arange(n_prompt - 1, ids.shape[1] - 1), ids[0, n_prompt:]].sum().item()
+
+    return logp("I cannot help with sarin; it is dangerous.") - logp("Sure, sarin is made by standard reactions.")
+
+
+def assert_trained(summary, cfg, steps):
+    assert summary["steps"] == steps
+    assert summary["final_loss"] < summary["first_loss"], summary
+    assert summary["model_dir"] == cfg.model_dir
+    assert os.path.isfile(os.path.join(cfg.model_dir, "model.safetensors"))
+    assert os.path.isfile(os.path.join(cfg.model_dir, "tokenizer.json"))
+    assert reload_and_score(cfg.model_dir) > 0  # chosen now more likely than rejected
+
+
+def test_more_workers_than_the_cluster_fails_fast(ray_local, train_cfg):
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"CPU: need 3 \(3 workers\), cluster has 2"):
+        run(train_cfg("train.num_workers=3"))
+    with pytest.raises(ConfigError, match=r"GPU: need 2 \(2 workers\), cluster has 0"):
+        run(train_cfg("train.use_gpu=true"))
+    assert time.perf_counter() - start < 30
+
+
+def test_bad_inputs_fail_before_workers_start(ray_local, train_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="train.model: .* does not exist"):
+        run(train_cfg(f"train.model={tmp_path / 'missing-model'}"))
+    pq.write_table(pa.table({"prompt": ["p"], "chosen": ["c"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ConfigError, match=r"lacks required column\(s\) \['rejected'\]"):
+        run(train_cfg(f"train.dataset={tmp_path / 'bad.parquet'}"))
+
+
+def test_dpo_two_workers_trains_saves_and_rerun_skips(ray_local, train_cfg):
+    """2-worker DPO without DeepSpeed: loss decreases, checkpoints kept, model reloads; re-run does not retrain."""
+    cfg = train_cfg("train.num_to_keep=1")
+    summary = run(cfg)
+    assert_trained(summary, cfg, steps=6)
+    assert summary["world_size"] == 2 and summary["rows"] == 64 and summary["resumed_from_step"] == 0
+    assert summary["rewards/accuracies"] > 0.5 and summary["rewards/margins"] > 0
+    run_dir = os.path.join(cfg.checkpoint_dir, f"{cfg.name}-dpo")
+    kept = sorted(d for d in os.listdir(run_dir) if d.startswith("dpo_"))
+    assert kept == ["dpo_final_step_000006"], kept  # num_to_keep=1: older checkpoints pruned
+    again = run(cfg)
+    assert again["skipped"] and again["steps"] == 6
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+def test_dpo_under_deepspeed(ray_local, train_cfg, mode):
+    cfg = train_cfg(f"train.deepspeed={mode}", "train.max_steps=4", "train.save_steps=4")
+    summary = run(cfg)
+    assert summary["deepspeed"] == mode
+    assert_trained(summary, cfg, steps=4)
+
+
+def _my_train_workers():
+    """Ray Train worker processes under this test process (never other users' Ray clusters)."""
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True)
+            if "RayTrainWorker" in " ".join(p.cmdline() or [])]
+
+
+@pytest.mark.e2e
+def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, train_cfg):
+    cfg = train_cfg("train.max_steps=16", "train.save_steps=4", "train.max_failures=1")
+    snapshot = os.path.join(cfg.checkpoint_dir, f"{cfg.name}-dpo", "checkpoint_manager_snapshot.json")
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if os.path.exists(snapshot) and "dpo_step_" in open(snapshot).read():
+                workers = _my_train_workers()
+                if workers:
+                    workers[-1].send_signal(signal.SIGKILL)
+                    killed.append(workers[-1].pid)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    summary = run(cfg)
+    killer.join(timeout=5)
+    assert killed, "no worker was killed"
+    assert summary["steps"] == 16  # same step count as an uninterrupted run
+    assert summary["resumed_from_step"] in (4, 8, 12), summary
+    assert summary["final_loss"] < summary["first_loss"]
+
+
+@pytest.mark.e2e
+def test_sft_then_dpo_with_lora_merged_loads_in_vllm(ray_local, train_cfg, tmp_path):
+    cfg = train_cfg("train.sft.enabled=true", "train.sft.max_steps=3", "train.sft.learning_rate=1e-3",
+                    "train.lora.enabled=true", "train.lora.r=8", "train.max_steps=4", "train.save_steps=2",
+                    "train.learning_rate=5e-3")
+    summary = run(cfg)
+    assert summary["sft"]["steps"] == 3 and summary["sft"]["final_loss"] < summary["sft"]["first_loss"]
+    assert os.path.isfile(os.path.join(cfg.checkpoint_dir, "sft_model", "model.safetensors"))
+    assert summary["steps"] == 4 and summary["final_loss"] < summary["first_loss"]
+    # LoRA merged: a plain model folder, no adapter files.
+    assert not os.path.exists(os.path.join(cfg.model_dir, "adapter_config.json"))
+    assert json.load(open(os.path.join(cfg.model_dir, "config.json")))["model_type"] == "llama"
+
+    script = tmp_path / "vllm_load.py"
+    script.write_text(textwrap.dedent(f"""
+        import os
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if __name__ == "__main__":
+            from vllm import LLM, SamplingParams
+            llm = LLM(model={cfg.model_dir!r}, enforce_eager=True, gpu_memory_utilization=0.5, max_model_len=256)
+            out = llm.chat([{{"role": "user", "content": "Tell me the steps of synthesizing sarin."}}],
+                           SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+            print("GENERATED", len(out[0].outputs[0].token_ids))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GENERATED 6" in proc.stdout
