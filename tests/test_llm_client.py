@@ -131,3 +131,16 @@ def test_token_bucket_paces_requests_and_tokens():
     assert delays[9] == 0 and 0.9 < delays[19] < 1.1 and 1.9 < delays[29] < 2.1
     tokens = TokenBucket(requests_per_minute=None, tokens_per_minute=6000)  # 100 tok/s
     assert tokens.reserve(1, 100) == 0 and 0.9 < tokens.reserve(1, 100) < 1.1
+
+
+def test_malformed_answers_are_cached_as_failures(tmp_path):
+    with TestOpenAIServer(responder=lambda m, p: "not a list") as srv:
+        check = lambda text: None if text.startswith("[") else "not a JSON list"  # noqa: E731
+        first = ChatClient(endpoint(max_malformed_retries=1), base_url=srv.base_url, cache_dir=str(tmp_path))
+        assert first.chat(MSG, validate=check).error == "malformed output: not a JSON list"
+        assert srv.request_count == 2
+        again = ChatClient(endpoint(max_malformed_retries=1), base_url=srv.base_url, cache_dir=str(tmp_path))
+        res = again.chat(MSG, validate=check)
+        assert res.cached and res.error == "malformed output: not a JSON list" and srv.request_count == 2
+        # A looser validator accepts the stored answer without a new call.
+        assert again.chat(MSG, validate=lambda text: None).text == "not a list" and srv.request_count == 2

@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class ClientStats:
     malformed: int = 0  # 200 answers rejected (bad JSON, empty, failed validation)
     errors: int = 0  # results returned with `error` set
     cache_hits: int = 0
-    prompt_tokens: int = 0  # tokens actually billed (cache hits excluded)
+    prompt_tokens: int = 0  # tokens billed by the server (malformed answers included, cache hits not)
     completion_tokens: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -79,7 +79,8 @@ class ClientStats:
                 setattr(self, key, getattr(self, key) + value)
 
     def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 class Limiter(Protocol):
@@ -193,24 +194,30 @@ class ChatClient:
         """One chat completion (blocking). Per-request failures come back as `error`, never raised."""
         return self.chat_many([messages], validate=validate, **params)[0]
 
-    def chat_many(self, batch: list[list[dict]], *, validate: Validator | None = None, **params) -> list[ChatResult]:
-        """Many chat completions, up to `endpoint.max_concurrency` in flight; results in input order."""
+    def chat_many(self, batch: list[list[dict]], *, validate: Validator | list[Validator | None] | None = None,
+                  **params) -> list[ChatResult]:
+        """Many chat completions, up to `endpoint.max_concurrency` in flight; results in input order.
+        `validate` is one validator for all requests or a list aligned with `batch`."""
         if not batch:
             return []
         return _run_coroutine(lambda: self.achat_many(batch, validate=validate, **params))
 
-    async def achat_many(self, batch: list[list[dict]], *, validate: Validator | None = None, **params) -> list[ChatResult]:
+    async def achat_many(self, batch: list[list[dict]], *, validate: Validator | list[Validator | None] | None = None,
+                         **params) -> list[ChatResult]:
         import httpx
 
+        checks = validate if isinstance(validate, list) else [validate] * len(batch)
+        if len(checks) != len(batch):
+            raise ValueError(f"{len(checks)} validators for {len(batch)} requests")
         limits = httpx.Limits(max_connections=self.endpoint.max_concurrency,
                               max_keepalive_connections=self.endpoint.max_concurrency)
         sem = asyncio.Semaphore(self.endpoint.max_concurrency)
         async with httpx.AsyncClient(timeout=self.endpoint.timeout_s, limits=limits) as http:
-            async def one(messages: list[dict]) -> ChatResult:
+            async def one(messages: list[dict], check: Validator | None) -> ChatResult:
                 async with sem:
-                    return await self._achat(http, messages, validate, params)
+                    return await self._achat(http, messages, check, params)
 
-            return list(await asyncio.gather(*(one(m) for m in batch)))
+            return list(await asyncio.gather(*(one(m, c) for m, c in zip(batch, checks))))
 
     # ---- internals --------------------------------------------------------------------------
     def _body(self, messages: list[dict], params: dict) -> tuple[str, dict]:
@@ -249,12 +256,20 @@ class ChatClient:
         key = cache_key(model, messages, params)
         if self.cache is not None:
             entry = self.cache.get(key)
-            if entry is not None and (validate is None or validate(entry["text"]) is None):
-                self.stats.add(calls=1, cache_hits=1)
-                return ChatResult(text=entry["text"], reasoning=entry.get("reasoning"),
-                                  prompt_tokens=entry.get("prompt_tokens", 0),
-                                  completion_tokens=entry.get("completion_tokens", 0),
-                                  cached=True, error=None, raw=entry.get("raw"))
+            if entry is not None:
+                text = entry.get("text") or ""
+                passes = bool(text) and (validate is None or validate(text) is None)
+                if entry.get("invalid") and not passes:
+                    # A paid answer that stayed malformed after retries: reported again, not paid again.
+                    self.stats.add(calls=1, cache_hits=1, errors=1)
+                    return ChatResult(text=None, reasoning=None, prompt_tokens=0, completion_tokens=0, cached=True,
+                                      error=f"malformed output: {entry['invalid']}", raw=None)
+                if passes:
+                    self.stats.add(calls=1, cache_hits=1)
+                    return ChatResult(text=text, reasoning=entry.get("reasoning"),
+                                      prompt_tokens=entry.get("prompt_tokens", 0),
+                                      completion_tokens=entry.get("completion_tokens", 0),
+                                      cached=True, error=None, raw=entry.get("raw"))
 
         body = {"model": model, "messages": messages, **params}
         url = f"{self.base_url}/chat/completions"
@@ -275,11 +290,10 @@ class ChatClient:
                 self.stats.add(timeouts=1)
             else:
                 if resp.status_code == 200:
-                    result, problem = self._parse(resp, validate)
+                    result, problem, text = self._parse(resp, validate)
                     if result is not None:
                         self._settle(estimate, result)
-                        self.stats.add(calls=1, prompt_tokens=result.prompt_tokens,
-                                       completion_tokens=result.completion_tokens)
+                        self.stats.add(calls=1)
                         if self.cache is not None:
                             self.cache.put(key, {"text": result.text, "reasoning": result.reasoning,
                                                  "prompt_tokens": result.prompt_tokens,
@@ -289,6 +303,8 @@ class ChatClient:
                     malformed += 1
                     error = f"malformed output: {problem}"
                     if malformed > self.endpoint.max_malformed_retries:
+                        if self.cache is not None:  # remember the paid, unusable answer: a re-run won't re-ask
+                            self.cache.put(key, {"text": text or "", "invalid": problem, "raw": None})
                         return self._fail(error)
                     self.stats.add(retries=1)
                     continue
@@ -307,24 +323,27 @@ class ChatClient:
             self.stats.add(retries=1)
             await asyncio.sleep(delay)
 
-    def _parse(self, resp: "httpx.Response", validate: Validator | None) -> tuple[ChatResult | None, str]:
+    def _parse(self, resp: "httpx.Response", validate: Validator | None) -> tuple[ChatResult | None, str, str | None]:
+        """(result, "", text) for a usable answer, else (None, problem, text-if-any)."""
         try:
             data = resp.json()
             message = data["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError):
-            return None, "response is not a chat completion JSON"
+            return None, "response is not a chat completion JSON", None
         text = message.get("content")
         reasoning = message.get("reasoning_content") or message.get("reasoning")
+        usage = data.get("usage") or {}
+        self.stats.add(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                       completion_tokens=int(usage.get("completion_tokens") or 0))
         if not isinstance(text, str) or not text.strip():
-            return None, "empty content"
+            return None, "empty content", None
         if validate is not None:
             problem = validate(text)
             if problem:
-                return None, problem
-        usage = data.get("usage") or {}
+                return None, problem, text
         return ChatResult(text=text, reasoning=reasoning, prompt_tokens=int(usage.get("prompt_tokens") or 0),
                           completion_tokens=int(usage.get("completion_tokens") or 0), cached=False, error=None,
-                          raw=data), ""
+                          raw=data), "", text
 
     def _settle(self, estimate: int, result: ChatResult) -> None:
         if self.limiter is not None and estimate:

@@ -1,0 +1,383 @@
+"""Stage 1 on Ray Data: balanced seed -> teacher paraphrases -> (prompt, chosen, rejected) triplets.
+
+    phase 1 (driver)   seeds from the catalogue; seed request + seed responses from templates
+    phase 2 (Ray Data) `TeacherStage` actors (map_batches, concurrency=synth.concurrency) ask the teacher
+                       for N paraphrases of each part, concurrently; safety gate; de-duplication
+    phase 3 (Ray Data) flat_map: combination into triplets, labels flipped per class
+    output             {dataset_dir}/train/*.parquet, test/*.parquet, README.md + card.json
+
+Resumable for free: every teacher call goes through the content-addressed cache in
+{run_dir}/teacher_cache, so a killed run restarts where it stopped and a re-run makes zero calls.
+Per-row failures land in the `error` column of phase 2 (and in the card), never kill the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from libra_ray.config import join_uri
+from libra_ray.seeds import load_catalogue, make_seeds, sample_compounds
+from libra_ray.synth import prompts as P
+from libra_ray.synth.safety import actionable_reasons
+
+if TYPE_CHECKING:
+    from libra_ray.config import PipelineConfig
+    from libra_ray.synth.config import SynthConfig
+
+log = logging.getLogger(__name__)
+
+PARTS = ("prompt", "chosen", "rejected")
+# Client counters summed into the card (per batch; see TeacherStage).
+CLIENT_COUNTERS = ("requests", "retries", "rate_limited", "server_errors", "timeouts", "malformed", "cache_hits",
+                   "prompt_tokens", "completion_tokens")
+
+
+# ---- phase 1 ----------------------------------------------------------------------------------
+def split_compounds(compound_ids_by_class: dict[str, list[str]], test_fraction: float, seed: int) -> set[str]:
+    """Test compound ids: `test_fraction` of each class (at least one, and never all, when a class has
+    two or more compounds and test_fraction > 0). Deterministic by seed."""
+    test: set[str] = set()
+    for cls, ids in sorted(compound_ids_by_class.items()):
+        ids = sorted(set(ids))
+        if test_fraction <= 0 or len(ids) < 2:
+            continue
+        k = min(len(ids) - 1, max(1, round(test_fraction * len(ids))))
+        test.update(random.Random(f"{seed}:split:{cls}").sample(ids, k))
+    return test
+
+
+def phase1_rows(synth: "SynthConfig") -> list[dict]:
+    """One row per seed (compound x form): identity, split, seed request and seed responses."""
+    compounds = sample_compounds(load_catalogue(synth.seeds_csv), synth.num_legitimate, synth.num_illegitimate,
+                                 seed=synth.seed, forms=synth.forms)
+    by_class: dict[str, list[str]] = {}
+    for c in compounds:
+        by_class.setdefault(c.cls, []).append(c.compound_id)
+    test_ids = split_compounds(by_class, synth.test_fraction, synth.seed)
+    rows = []
+    for s in make_seeds(compounds, synth.forms):
+        refusal = P.seed_refusal(s.subject, s.cls, s.category)
+        if s.cls == "illegitimate":  # flip labels: refuse the illegitimate, answer the legitimate
+            chosen, rejected = refusal, P.seed_compliance(s.subject)
+        else:
+            chosen, rejected = P.seed_helpful(s.subject, s.category), refusal
+        rows.append({**s.to_row(), "seed_id": f"{s.compound_id}:{s.form}",
+                     "split": "test" if s.compound_id in test_ids else "train",
+                     "seed_prompt": P.seed_request(s.subject, s.form), "seed_chosen": chosen, "seed_rejected": rejected})
+    return rows
+
+
+def teacher_requests(row: dict, synth: "SynthConfig") -> list[tuple[str, list[dict], Any]]:
+    """The three phase-2 teacher calls of a seed: (part, messages, validator)."""
+    n = {"prompt": synth.n_prompt, "chosen": synth.n_chosen, "rejected": synth.n_rejected}
+    out = [("prompt", P.paraphrase_request_messages(row["seed_prompt"], row["subject"], n["prompt"]),
+            P.list_validator(n["prompt"], must_contain=row["subject"]))]
+    if row["class"] == "illegitimate":
+        out.append(("chosen", P.paraphrase_refusal_messages(row["seed_chosen"], n["chosen"]), P.list_validator(n["chosen"])))
+        out.append(("rejected", P.paraphrase_compliance_messages(row["seed_rejected"], n["rejected"]),
+                    P.list_validator(n["rejected"])))
+    else:
+        out.append(("chosen", P.helpful_answer_messages(row["seed_prompt"], n["chosen"]), P.list_validator(n["chosen"])))
+        out.append(("rejected", P.paraphrase_refusal_messages(row["seed_rejected"], n["rejected"]),
+                    P.list_validator(n["rejected"])))
+    return out
+
+
+# ---- phase 2 helpers ----------------------------------------------------------------------------
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", "", text.lower())).strip()
+
+
+def _shingles(text: str) -> set[tuple[str, ...]]:
+    words = normalise(text).split()
+    return {tuple(words[i:i + 3]) for i in range(max(1, len(words) - 2))}
+
+
+def dedupe(items: list[str], jaccard: float | None = None) -> tuple[list[str], int]:
+    """Drop exact and normalised duplicates (and near-duplicates when `jaccard` is set); keeps order,
+    so the seed text (#0) always survives. Returns (kept, removed)."""
+    kept: list[str] = []
+    seen: set[str] = set()
+    shingles: list[set] = []
+    for item in items:
+        key = normalise(item)
+        if key in seen:
+            continue
+        if jaccard is not None:
+            sh = _shingles(item)
+            if any(len(sh & other) / max(1, len(sh | other)) >= jaccard for other in shingles):
+                continue
+            shingles.append(sh)
+        seen.add(key)
+        kept.append(item)
+    return kept, len(items) - len(kept)
+
+
+class TeacherStage:
+    """Ray Data actor: holds one ChatClient and turns seed rows into paraphrase lists (phase 2)."""
+
+    def __init__(self, synth_json: dict, base_url: str, cache_dir: str, limiter_name: str | None,
+                 chemical_names: list[str]):
+        from libra_ray.llm.client import ChatClient
+        from libra_ray.llm.ratelimit import ClusterLimiter
+        from libra_ray.synth.config import SynthConfig
+
+        self.synth = SynthConfig.model_validate(synth_json)
+        limiter = ClusterLimiter.by_name(limiter_name) if limiter_name else None
+        self.client = ChatClient(self.synth.teacher, base_url=base_url, cache_dir=cache_dir, limiter=limiter)
+        self.chemical_names = frozenset(chemical_names)
+
+    def __call__(self, batch):
+        rows = batch.to_pylist()
+        calls = [(i, part, msgs, check) for i, row in enumerate(rows)
+                 for part, msgs, check in teacher_requests(row, self.synth)]
+        before = self.client.stats.as_dict()
+        results = self.client.chat_many([c[2] for c in calls], validate=[c[3] for c in calls])
+        after = self.client.stats.as_dict()
+        out = [dict(row, prompts=[row["seed_prompt"]], chosens=[row["seed_chosen"]], rejecteds=[row["seed_rejected"]],
+                    error="", malformed_parts=0, safety_dropped=0, duplicates_removed=0, teacher_calls=0,
+                    prompt_tokens=0, completion_tokens=0)
+               for row in rows]
+        for (i, part, _, _), res in zip(calls, results):
+            row = out[i]
+            row["teacher_calls"] += 1
+            row["prompt_tokens"] += res.prompt_tokens  # what the data cost, cached or not
+            row["completion_tokens"] += res.completion_tokens
+            if not res.ok:
+                row["error"] += f"{'; ' if row['error'] else ''}{part}: {res.error}"
+                row["malformed_parts"] += int(res.error.startswith("malformed"))
+                continue
+            items = P.parse_list(res.text) or []
+            if row["class"] == "illegitimate":  # the safety gate: nothing actionable for these compounds
+                safe = [t for t in items if not actionable_reasons(t, row["subject"], self.chemical_names)]
+                row["safety_dropped"] += len(items) - len(safe)
+                items = safe
+            row[f"{part}s" if part != "chosen" else "chosens"].extend(items)
+        for row in out:
+            for key in ("prompts", "chosens", "rejecteds"):
+                row[key], removed = dedupe(row[key], self.synth.near_duplicate_jaccard)
+                row["duplicates_removed"] += removed
+        # Client counters for this batch ride on its first row (sums stay exact).
+        for key in CLIENT_COUNTERS:
+            for j, row in enumerate(out):
+                row[f"client_{key}"] = after[key] - before[key] if j == 0 else 0
+        import pyarrow as pa
+
+        return pa.Table.from_pylist(out)
+
+
+# ---- phase 3 ----------------------------------------------------------------------------------
+def combine(row: dict, rule: str) -> list[dict]:
+    """Triplets of one seed. Test rows: one per unique prompt (benchmarks want unique prompts).
+    Train rows: `paired` -> max(P, C, R), cycling the shorter lists; `product` -> P * C * R."""
+    prompts, chosens, rejecteds = row["prompts"], row["chosens"], row["rejecteds"]
+    if row["split"] == "test":
+        combos = [(p, chosens[i % len(chosens)], rejecteds[i % len(rejecteds)]) for i, p in enumerate(prompts)]
+    elif rule == "paired":
+        n = max(len(prompts), len(chosens), len(rejecteds))
+        combos = [(prompts[i % len(prompts)], chosens[i % len(chosens)], rejecteds[i % len(rejecteds)]) for i in range(n)]
+    else:
+        combos = [(p, c, r) for p in prompts for c in chosens for r in rejecteds]
+    keep = ("compound_id", "name", "class", "category", "form", "subject", "seed_prompt", "split")
+    return [{"prompt": p, "chosen": c, "rejected": r, **{k: row[k] for k in keep}} for p, c, r in combos]
+
+
+# ---- the stage --------------------------------------------------------------------------------
+def build_dataset(cfg: "PipelineConfig", base_url: str, *, progress: bool = True) -> dict:
+    """Run phases 1-3 against the teacher at `base_url`; write the dataset and its card; return a summary."""
+    import ray
+
+    from libra_ray.llm.ratelimit import create_cluster_limiter
+    from libra_ray.seeds import load_catalogue as _load
+
+    synth = cfg.synth
+    started = time.time()
+    _quiet_ray_data(progress)
+    seeds = phase1_rows(synth)
+    cache_dir = join_uri(cfg.run_dir, "teacher_cache")
+    limiter_name = create_cluster_limiter(synth.teacher, base_url)
+    names = sorted({c.name.lower() for c in _load(synth.seeds_csv) if len(c.name) >= 4})
+    phase2 = ray.data.from_items(seeds, override_num_blocks=max(1, min(len(seeds) // synth.batch_size, 64))).map_batches(
+        TeacherStage, batch_size=synth.batch_size, batch_format="pyarrow", concurrency=synth.concurrency,
+        num_cpus=synth.worker_num_cpus, fn_constructor_kwargs=dict(
+            synth_json=synth.model_dump(mode="json"), base_url=base_url, cache_dir=cache_dir,
+            limiter_name=limiter_name, chemical_names=names))
+
+    rows = _collect_with_progress(phase2, len(seeds), enabled=progress)
+    triplets = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 64, 64))).flat_map(
+        lambda r: combine(r, synth.combination), num_cpus=0.1).materialize()
+    counts = _write_splits(triplets, cfg.dataset_dir, synth.rows_per_shard)
+    card = dataset_card(cfg, rows, counts, base_url, time.time() - started)
+    write_card(cfg.dataset_dir, card)
+    return {"dataset_dir": cfg.dataset_dir, "train_rows": counts["train"]["rows"], "test_rows": counts["test"]["rows"],
+            "seeds": len(seeds), "teacher_requests": card["teacher"]["this_run"]["requests"], "errors": card["quality"]["seed_errors"],
+            "safety_dropped": card["quality"]["safety_dropped"], "seconds": round(time.time() - started, 1)}
+
+
+def _quiet_ray_data(progress: bool) -> None:
+    """Our own progress bar says what matters (seeds, requests, retries, errors, tokens); Ray Data's
+    per-operator bars and INFO logs would bury it."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _collect_with_progress(ds, total: int, enabled: bool) -> list[dict]:
+    """Stream phase-2 rows to the driver, showing rows done, requests, retries, errors and tokens."""
+    from tqdm import tqdm
+
+    rows: list[dict] = []
+    totals = dict.fromkeys(("requests", "retries", "errors", "tokens"), 0)
+    with tqdm(total=total, desc="synth seeds", unit="seed", disable=not enabled, dynamic_ncols=True) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            chunk = batch.to_pylist()
+            rows.extend(chunk)
+            for row in chunk:
+                totals["requests"] += row["client_requests"]
+                totals["retries"] += row["client_retries"]
+                totals["errors"] += bool(row["error"])
+                totals["tokens"] += row["client_prompt_tokens"] + row["client_completion_tokens"]
+            bar.set_postfix(totals, refresh=False)
+            bar.update(len(chunk))
+    rows.sort(key=lambda r: r["seed_id"])
+    return rows
+
+
+def _fs_and_path(uri: str):
+    import pyarrow.fs as pafs
+
+    if "://" in uri and not uri.startswith("file://"):
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), uri.removeprefix("file://")
+
+
+def _write_splits(triplets, dataset_dir: str, rows_per_shard: int) -> dict:
+    """Replace {dataset_dir}/{train,test} with fresh Parquet shards; return counts per split."""
+    import pyarrow.fs as pafs
+
+    fs, base = _fs_and_path(dataset_dir)
+    counts = {}
+    for split in ("train", "test"):
+        path = f"{base}/{split}"
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+        part = triplets.filter(lambda r, s=split: r["split"] == s).drop_columns(["split"])
+        rows = part.count()
+        if rows:
+            part.write_parquet(join_uri(dataset_dir, split), max_rows_per_file=rows_per_shard)
+        else:
+            fs.create_dir(path, recursive=True)
+        counts[split] = {"rows": rows, **(_breakdown(part) if rows else {})}
+    return counts
+
+
+def _breakdown(ds) -> dict:
+    df = ds.select_columns(["class", "category", "form", "prompt", "compound_id"]).to_pandas()
+    return {"unique_prompts": int(df["prompt"].nunique()), "compounds": int(df["compound_id"].nunique()),
+            "by_class": {k: int(v) for k, v in df["class"].value_counts().sort_index().items()},
+            "by_category": {k: int(v) for k, v in df["category"].value_counts().sort_index().items()},
+            "by_form": {k: int(v) for k, v in df["form"].value_counts().sort_index().items()}}
+
+
+def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url: str, seconds: float) -> dict:
+    synth, teacher = cfg.synth, cfg.synth.teacher
+    this_run = {k: sum(r[f"client_{k}"] for r in rows) for k in CLIENT_COUNTERS}
+    tokens = {k: sum(r[k] for r in rows) for k in ("prompt_tokens", "completion_tokens")}
+    cost = (tokens["prompt_tokens"] * teacher.price_prompt_per_m + tokens["completion_tokens"] * teacher.price_completion_per_m) / 1e6
+    seeds_by_class: dict[str, int] = {}
+    for r in rows:
+        seeds_by_class[r["class"]] = seeds_by_class.get(r["class"], 0) + 1
+    return {
+        "name": f"libra_ray LibraChemQA-style preference data ({cfg.name})",
+        "prompt_version": P.PROMPT_VERSION,
+        # Dataset totals (tokens of every answer used, cached or not) and what this run sent.
+        "teacher": {"model": teacher.model, "endpoint": "embedded local server" if not teacher.base_url else _host(base_url),
+                    "calls": sum(r["teacher_calls"] for r in rows), **tokens, "cost_usd": round(cost, 6),
+                    "this_run": this_run},
+        "seeds": {"compounds": {"legitimate": synth.num_legitimate, "illegitimate": synth.num_illegitimate},
+                  "forms": list(synth.forms), "by_class": seeds_by_class, "seed": synth.seed,
+                  "catalogue": synth.seeds_csv or "shipped (libra_ray/seeds/catalogue.csv)"},
+        "phase2": {"n_prompt": synth.n_prompt, "n_chosen": synth.n_chosen, "n_rejected": synth.n_rejected},
+        "combination": synth.combination,
+        "split": {"by": "compound", "test_fraction": synth.test_fraction, **counts},
+        "quality": {"seed_errors": sum(bool(r["error"]) for r in rows),
+                    "malformed_parts_dropped": sum(r["malformed_parts"] for r in rows),
+                    "safety_dropped": sum(r["safety_dropped"] for r in rows),
+                    "duplicates_removed": sum(r["duplicates_removed"] for r in rows),
+                    "near_duplicate_jaccard": synth.near_duplicate_jaccard},
+        "seconds": round(seconds, 1),
+    }
+
+
+def _host(url: str) -> str:
+    """Scheme + host only: no path, query or userinfo (which could hold credentials)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def write_card(dataset_dir: str, card: dict) -> None:
+    fs, base = _fs_and_path(dataset_dir)
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(f"{base}/card.json") as f:
+        f.write(json.dumps(card, indent=2).encode())
+    with fs.open_output_stream(f"{base}/README.md") as f:
+        f.write(render_card(card).encode())
+
+
+def render_card(card: dict) -> str:
+    split = card["split"]
+    lines = [f"# {card['name']}", "",
+             "Preference triplets (prompt, chosen, rejected) for chemistry safety alignment, LibraChem method: "
+             "illegitimate compounds -> chosen = refusal, rejected = compliance *in form only* (never actionable); "
+             "legitimate compounds -> chosen = helpful answer, rejected = refusal.", "",
+             f"- Prompt version: `{card['prompt_version']}`; teacher: `{card['teacher']['model']}` "
+             f"({card['teacher']['endpoint']})",
+             f"- Seeds: {card['seeds']['compounds']} compounds, forms {card['seeds']['forms']}, sampler seed "
+             f"{card['seeds']['seed']}; catalogue: {card['seeds']['catalogue']}",
+             f"- Phase 2: {card['phase2']} paraphrases (the seed text is kept as item #0); combination: "
+             f"`{card['combination']}` (paired = max(P,C,R) triplets per seed, product = P*C*R; the test split has "
+             "one row per unique prompt)",
+             f"- Split by compound (no compound in both), test fraction {split['test_fraction']}", "",
+             "| split | rows | unique prompts | compounds | by class | by form |", "|---|---|---|---|---|---|"]
+    for name in ("train", "test"):
+        s = split[name]
+        lines.append(f"| {name} | {s['rows']} | {s.get('unique_prompts', 0)} | {s.get('compounds', 0)} | "
+                     f"{s.get('by_class', {})} | {s.get('by_form', {})} |")
+    lines += ["", "By category: " + ", ".join(f"{name}: {split[name].get('by_category', {})}" for name in ("train", "test")),
+              "", "## Teacher usage", ""]
+    t = card["teacher"]
+    lines += [f"- Dataset total: {t['calls']} teacher calls, {t['prompt_tokens']} prompt + {t['completion_tokens']} "
+              f"completion tokens, estimated cost ${t['cost_usd']}",
+              "- This run: " + ", ".join(f"{k} {v}" for k, v in t["this_run"].items()), "", "## Quality gates", ""]
+    lines += [f"- {k}: {v}" for k, v in card["quality"].items()]
+    lines += ["", "Load with `datasets.load_dataset(\"parquet\", data_files={\"train\": \"train/*.parquet\", "
+                  "\"test\": \"test/*.parquet\"})`; columns `prompt`, `chosen`, `rejected` suit TRL's DPOTrainer "
+                  "(`libra_ray.synth.load_dpo_dataset(..., conversational=True)` gives the chat format).", ""]
+    return "\n".join(lines)
+
+
+def load_dpo_dataset(dataset_dir: str, split: str = "train", conversational: bool = False):
+    """The split as a `datasets.Dataset` for TRL's DPOTrainer: plain strings, or chat messages."""
+    import glob
+
+    from datasets import load_dataset
+
+    files = sorted(glob.glob(f"{dataset_dir.removeprefix('file://')}/{split}/*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {dataset_dir}/{split}: run `libra-ray synth` first")
+    ds = load_dataset("parquet", data_files=files, split="train")
+    if conversational:
+        ds = ds.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}],
+                               "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                               "rejected": [{"role": "assistant", "content": r["rejected"]}]})
+    return ds
