@@ -51,11 +51,14 @@ def add_submit_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_entrypoint(stage: str, config: str | None, overrides: list[str]) -> str:
-    """The job's shell command: the thin CLI itself (or the preflight module)."""
+    """The job's shell command: the thin CLI itself (or the preflight module).
+
+    `python -m libra_ray.cli` rather than the `libra-ray` script: it works wherever the package is
+    importable, including from a shipped working_dir on nodes where the project is not installed."""
     if stage == "preflight":
         parts = ["python", "-m", "libra_ray.submit", "preflight"]
     else:
-        parts = ["libra-ray", stage]
+        parts = ["python", "-m", "libra_ray.cli", stage]
     if config:
         parts += ["--config", config]
     for item in overrides:
