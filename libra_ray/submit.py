@@ -194,8 +194,39 @@ def submit_from_args(args: argparse.Namespace, cfg=None) -> int:
 
 
 def _submit(args: argparse.Namespace, cfg) -> int:
-    # Check everything local before contacting the cluster.
-    runtime_env = build_runtime_env(args) if not (args.stop or args.status or args.attach) else {}
+    if args.stop or args.status or args.attach:
+        return _manage(args)
+    # Everything that can be checked locally is checked before contacting the cluster.
+    runtime_env = build_runtime_env(args)
+    config = job_config_path(args.config, runtime_env.get("working_dir"))
+    entrypoint = build_entrypoint(args.stage, config, args.overrides)
+    if cfg is None:  # the CLI validated the config already; reload it for the storage check
+        from libra_ray.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+    warning = storage_warning(cfg)
+    if warning:
+        print(f"[libra-ray submit] warning: {warning}", file=sys.stderr)
+    client = _client(args.address)
+    try:
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            submission_id=args.submission_id,
+            entrypoint_num_cpus=args.entrypoint_num_cpus,
+        )
+    except RuntimeError as err:  # e.g. a submission id already in use
+        raise SubmitError(str(err)) from None
+    print(f"[libra-ray submit] job {job_id}: {entrypoint}", flush=True)
+    print(f"[libra-ray submit] runtime_env: {describe_runtime_env(runtime_env)}", flush=True)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    return _finish(client, job_id)
+
+
+def _manage(args: argparse.Namespace) -> int:
+    """--stop / --status / --attach on an existing job."""
     client = _client(args.address)
     try:
         if args.stop:
@@ -206,31 +237,10 @@ def _submit(args: argparse.Namespace, cfg) -> int:
             status = str(client.get_job_status(args.status).value)
             print(status)
             return 1 if status in ("FAILED", "STOPPED") else 0
-        if args.attach:
-            return _finish(client, args.attach)
+        client.get_job_status(args.attach)  # unknown id: a clear error, not a stream that never starts
     except RuntimeError as err:  # the SDK raises RuntimeError for unknown ids / HTTP errors
         raise SubmitError(str(err)) from None
-    config = job_config_path(args.config, runtime_env.get("working_dir"))
-    entrypoint = build_entrypoint(args.stage, config, args.overrides)
-    if cfg is None:  # the CLI validated the config already; reload it for the storage check
-        from libra_ray.config import load_config
-
-        cfg = load_config(args.config, args.overrides)
-    warning = storage_warning(cfg)
-    if warning:
-        print(f"[libra-ray submit] warning: {warning}", file=sys.stderr)
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env=runtime_env,
-        submission_id=args.submission_id,
-        entrypoint_num_cpus=args.entrypoint_num_cpus,
-    )
-    print(f"[libra-ray submit] job {job_id}: {entrypoint}", flush=True)
-    print(f"[libra-ray submit] runtime_env: {describe_runtime_env(runtime_env)}", flush=True)
-    if args.no_wait:
-        print(job_id)
-        return 0
-    return _finish(client, job_id)
+    return _finish(client, args.attach)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""`libra-ray submit` without a cluster: entrypoints, runtime_env assembly, config-path and storage
+checks, and the clear errors (exit 2) for everything that can be caught before submitting."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import socket
+from pathlib import Path
+
+import pytest
+
+from libra_ray import submit as sub
+from libra_ray.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = dict(runtime_env=None, working_dir=".", env_from=[], config=None, overrides=[])
+    return argparse.Namespace(**{**base, **kw})
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_entrypoint_round_trips_through_a_shell():
+    cmd = sub.build_entrypoint("train", "jobs/quickstart.yaml", ["name=my run", "train.loss_type=[sigmoid, ipo]"])
+    assert shlex.split(cmd) == ["python", "-m", "libra_ray.cli", "train", "--config", "jobs/quickstart.yaml",
+                                "--set", "name=my run", "--set", "train.loss_type=[sigmoid, ipo]"]
+    assert shlex.split(sub.build_entrypoint("preflight", None, []))[:4] == ["python", "-m", "libra_ray.submit", "preflight"]
+
+
+def test_config_path_is_made_relative_to_the_working_dir(tmp_path):
+    (tmp_path / "jobs").mkdir()
+    cfg = tmp_path / "jobs" / "a.yaml"
+    cfg.write_text("name: a\n")
+    assert sub.job_config_path(str(cfg), str(tmp_path)) == "jobs/a.yaml"
+    assert sub.job_config_path("s3://b/a.yaml", str(tmp_path)) == "s3://b/a.yaml"
+    with pytest.raises(sub.SubmitError, match="outside the working dir"):
+        sub.job_config_path(str(cfg), str(tmp_path / "jobs" / "other"))
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(sub.SubmitError, match="not shipped"):
+        sub.job_config_path(str(tmp_path / "runs" / "x.yaml"), str(tmp_path))
+
+
+def test_runtime_env_merges_file_working_dir_and_env_from(tmp_path, monkeypatch):
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("pip: [rich]\nenv_vars:\n  HF_HUB_OFFLINE: 1\n")
+    monkeypatch.setenv("LIBRA_TEST_KEY", "sk-secret-value")
+    env = sub.build_runtime_env(_args(runtime_env=str(env_file), env_from=["LIBRA_TEST_KEY"]))
+    assert env["pip"] == ["rich"] and env["working_dir"] == "."
+    assert ".venv" in env["excludes"] and "runs" in env["excludes"]
+    assert env["env_vars"] == {"HF_HUB_OFFLINE": "1", "LIBRA_TEST_KEY": "sk-secret-value"}
+    shown = sub.describe_runtime_env(env)
+    assert "LIBRA_TEST_KEY" in shown and "sk-secret-value" not in shown
+
+
+@pytest.mark.parametrize("content,match", [(None, "no such file"), ("- a\n- b\n", "mapping"), ("a: [\n", "not valid YAML")])
+def test_bad_runtime_env_file_is_a_clear_error(tmp_path, content, match):
+    path = tmp_path / "env.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(sub.SubmitError, match=match):
+        sub.build_runtime_env(_args(runtime_env=str(path)))
+
+
+def test_env_from_an_unset_variable_is_refused(monkeypatch):
+    monkeypatch.delenv("LIBRA_TEST_UNSET", raising=False)
+    with pytest.raises(sub.SubmitError, match="LIBRA_TEST_UNSET"):
+        sub.build_runtime_env(_args(env_from=["LIBRA_TEST_UNSET"]))
+
+
+def test_storage_warning_only_for_relative_local_paths():
+    from libra_ray.config import load_config
+
+    assert "relative local path" in sub.storage_warning(load_config(None, ["storage=./runs"]))
+    assert sub.storage_warning(load_config(None, ["storage=/mnt/shared/runs"])) is None
+    assert sub.storage_warning(load_config(None, ["storage=s3://bucket/runs"])) is None
+
+
+def test_secret_names_come_from_the_config():
+    from libra_ray.config import load_config
+
+    cfg = load_config(ROOT / "jobs" / "full_scale.yaml", ["bench.judge.api_key_env=JUDGE_KEY"])
+    assert sub.secret_env_names(cfg) == ["JUDGE_KEY", "OPENAI_API_KEY"]
+
+
+# --- the CLI: every local problem is exit 2 with one clear line, before anything is submitted ---
+
+
+def test_cli_without_an_address(monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["submit", "--config", "jobs/quickstart.yaml"]) == 2
+    assert "--address" in capsys.readouterr().err
+
+
+def test_cli_invalid_config_fails_before_contacting_the_cluster(capsys):
+    address = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["submit", "--address", address, "--config", "jobs/quickstart.yaml", "--set", "train.beta=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "train.beta" in err and "cannot reach" not in err
+
+
+def test_cli_unreachable_cluster_is_a_clear_error_and_hides_secrets(monkeypatch, capsys):
+    monkeypatch.setenv("LIBRA_TEST_KEY", "sk-do-not-print-me")
+    address = f"http://127.0.0.1:{_closed_port()}"
+    code = main(["submit", "--address", address, "--config", "jobs/quickstart.yaml", "--env-from", "LIBRA_TEST_KEY"])
+    out = capsys.readouterr()
+    assert code == 2 and "cannot reach" in out.err
+    assert "sk-do-not-print-me" not in out.out + out.err
+
+
+def test_cli_config_outside_the_working_dir(tmp_path, capsys):
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("name: mine\n")
+    address = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["submit", "--address", address, "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "outside the working dir" in err and "cannot reach" not in err
