@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -77,9 +78,18 @@ class LocalCluster:
         self._start(["--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                      f"--dashboard-port={dash}", f"--ray-client-server-port={client}", *_node_ports(), *common])
         self._wait(lambda: self._alive_nodes() >= 1, "head node")
-        for _ in range(num_workers):
-            self._start([f"--address={self.gcs_address}", *_node_ports(), *common])
-        self._wait(lambda: self._alive_nodes() >= 1 + num_workers, "worker nodes")
+        for i in range(num_workers):
+            # Ray gives a joining raylet a fixed 30 s to register: on a loaded machine, try again.
+            for attempt in range(3):
+                self._start([f"--address={self.gcs_address}", *_node_ports(), *common])
+                try:
+                    self._wait(lambda: self._alive_nodes() >= 2 + i, f"worker node {i + 1}")
+                    break
+                except RuntimeError:
+                    if attempt == 2:
+                        raise
+                    failed = self.procs.pop()
+                    _kill_group(failed.pid, signal.SIGKILL)
 
     def _start(self, args: list[str]) -> None:
         self.procs.append(subprocess.Popen([str(BIN / "ray"), "start", *args], env=self.env, stdout=self.log,
@@ -93,7 +103,7 @@ class LocalCluster:
         except Exception:  # not up yet
             return 0
 
-    def _wait(self, ready, what: str, timeout_s: float = 120) -> None:
+    def _wait(self, ready, what: str, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
@@ -120,6 +130,7 @@ class LocalCluster:
             except ProcessLookupError:
                 pass
         self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def _kill_group(pgid: int, sig: int) -> None:
