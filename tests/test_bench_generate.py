@@ -99,3 +99,19 @@ def test_generate_crash_then_resume(ray_local, bench_cfg, monkeypatch):
     assert all(r["raw_text"] is not None and r["completion_tokens"] >= 1 for r in ok)
     # A third run has nothing left to do.
     assert gen.generate(bench_cfg, model)["generated"] == 0
+
+
+def test_clear_errors_for_missing_inputs(tmp_path):
+    from libra_ray.config import ConfigError, load_config
+
+    cfg = load_config(None, [f"storage={tmp_path}", f"bench.prompts={tmp_path / 'nope.parquet'}"])
+    with pytest.raises(ConfigError, match="bench.prompts: .*run `libra-ray synth` first"):
+        gen.load_benchmark_prompts(cfg)
+    with pytest.raises(ConfigError, match="trained model is not at .*libra-ray train"):
+        gen._local_model(cfg, cfg.bench.models[0])
+    with pytest.raises(ConfigError, match="engine 'openai' needs an endpoint"):
+        load_config(None, ["bench.models=[{name: x, engine: openai}]"])
+    with pytest.raises(ConfigError, match="unknown judge prompt"):
+        load_config(None, ["bench.judge_prompts=[synthesis_route_v9]"])
+    with pytest.raises(ConfigError, match="must be unique"):
+        load_config(None, ["bench.models=[{name: a, path: tiny}, {name: a, path: tiny}]"])

@@ -40,7 +40,13 @@ def generations_dir(cfg: "PipelineConfig", model: str) -> str:
 
 
 def load_benchmark_prompts(cfg: "PipelineConfig") -> pa.Table:
-    table = store.load_prompts(prompts_path(cfg))
+    """The distinct benchmark prompts; a missing or malformed file is a ConfigError (clear CLI message)."""
+    from libra_ray.config import ConfigError
+
+    try:
+        table = store.load_prompts(prompts_path(cfg))
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"bench.prompts: {err}") from None
     if cfg.bench.max_prompts:
         table = table.slice(0, cfg.bench.max_prompts)
     return table
@@ -48,15 +54,13 @@ def load_benchmark_prompts(cfg: "PipelineConfig") -> pa.Table:
 
 def _engine_args(cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str | None) -> tuple[type, dict, dict]:
     """(engine class, constructor kwargs, Ray resources per actor) for one model."""
-    from libra_ray.tiny import resolve_model
-
     b: BenchConfig = cfg.bench
     common = dict(max_tokens=b.max_tokens, temperature=b.temperature, top_p=b.top_p, system_prompt=b.system_prompt)
     if model.engine == "openai":
         cache = join_uri(cfg.bench_dir, model.name, "api_cache")
         kwargs = dict(endpoint=model.endpoint.model_dump(), base_url=base_url, cache_dir=cache, **common)
         return OpenAIEngine, kwargs, {"num_cpus": 0.25}
-    path = resolve_model(model.path, cfg)
+    path = _local_model(cfg, model)
     if model.engine == "transformers":
         threads = max(1, int(b.num_cpus_per_replica))
         kwargs = dict(max_model_len=b.max_model_len, seed=b.seed, num_threads=threads, **common)
@@ -66,6 +70,18 @@ def _engine_args(cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str
                   gpu_memory_utilization=b.gpu_memory_utilization, enforce_eager=b.enforce_eager,
                   kv_cache_gib=b.kv_cache_gib, **common)
     return VLLMEngine, kwargs, {"num_cpus": b.num_cpus_per_replica, "num_gpus": b.num_gpus_per_replica}
+
+
+def _local_model(cfg: "PipelineConfig", model: "BenchModelConfig") -> str:
+    """The model folder/hub id for a local engine; this run's trained model must exist (clear error)."""
+    from libra_ray.config import ConfigError
+    from libra_ray.tiny import resolve_model
+
+    path = resolve_model(model.path, cfg)
+    if model.path == "trained" and not store.exists(join_uri(path, "config.json")):
+        raise ConfigError(f"bench.models.{model.name}: the trained model is not at {path}; "
+                          "run `libra-ray train` first or set its path (a folder, a hub id or 'tiny')")
+    return path
 
 
 def _actor_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str | None):
@@ -78,11 +94,9 @@ def _ray_data_llm_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig")
     """Ray's own vLLM batch processor; per-row errors via `should_continue_on_error`."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from libra_ray.tiny import resolve_model
-
     b = cfg.bench
     config = vLLMEngineProcessorConfig(
-        model_source=resolve_model(model.path, cfg),
+        model_source=_local_model(cfg, model),
         engine_kwargs=dict(max_model_len=b.max_model_len, enforce_eager=b.enforce_eager,
                            gpu_memory_utilization=b.gpu_memory_utilization,
                            tensor_parallel_size=b.tensor_parallel_size, seed=b.seed),
