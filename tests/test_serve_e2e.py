@@ -91,7 +91,10 @@ def _free_port() -> int:
 def test_serve_deploy_yaml_on_a_running_local_cluster(tmp_path):
     """`ray start --head` (own ports, own temp dir, own process group) -> `serve deploy` -> query -> shutdown."""
     gcs, dash, http = _free_port(), _free_port(), _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # Token auth off for this loopback-only test cluster: Ray 2.60 enables it by default and the CLI
+    # would otherwise need the shared ~/.ray/auth_token, which other engineers' clusters use too.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths have a length limit
     bin_dir = Path(sys.executable).parent
@@ -171,3 +174,51 @@ def test_vllm_engine_behind_the_same_api(ray_local, tmp_path):
         resp = httpx.post(app.base_url + "/chat/completions", timeout=60, json={
             "model": "policy", "messages": [{"role": "user", "content": "aspirin " * 300}], "max_tokens": 8})
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_cli_serve_blocks_until_interrupted_then_shuts_down_cleanly(tmp_path):
+    """`libra-ray serve` on an embedded cluster: serves, then Ctrl-C stops it with exit 0 and no orphans."""
+    port = _free_port()
+    marker = f"serve-cli-{os.getpid()}-{time.time_ns()}"  # inherited by every process of that session
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "LIBRA_SERVE_TEST_MARKER": marker}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(Path(sys.executable).parent / "libra-ray"), "serve", "--set", f"storage={tmp_path}",
+           "--set", f"cache_dir={CACHE}", "--set", "serve.policy.path=tiny", "--set", f"serve.port={port}",
+           "--set", "ray.num_cpus=2", "--set", "serve.policy.num_cpus=0.25", "--set", "serve.judge.num_cpus=0.25"]
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: _ok(f"http://127.0.0.1:{port}/health") or proc.poll() is not None, 240, "libra-ray serve",
+                  step=1)
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        out = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=1).chat.completions.create(
+            model="policy", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert out.usage.completion_tokens <= 3
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        assert "shutting down Serve" in (tmp_path / "serve.log").read_text()
+        assert not _ok(f"http://127.0.0.1:{port}/health")
+        # Nothing of that session survives it (driver, GCS, raylet, workers, Serve controller/proxy).
+        _wait_for(lambda: not _processes_with(marker), 30, f"the session's processes to exit: {_processes_with(marker)}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in _processes_with(marker):  # only processes this test started (they carry its marker)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found

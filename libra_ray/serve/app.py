@@ -111,8 +111,10 @@ def hash_key(key: str) -> str:
 def load_key_hashes(cfg: ServeConfig) -> list[str]:
     """SHA-256 digests of the configured API keys (the keys themselves never leave this function).
 
-    Raises ValueError when auth is configured but no key is found: never silently serve open.
+    Raises ConfigError (a ValueError) when auth is configured but no key is found: never silently serve open.
     """
+    from libra_ray.config import ConfigError
+
     if not cfg.api_keys_env and not cfg.api_keys_file:
         return []
     keys: list[str] = []
@@ -121,11 +123,11 @@ def load_key_hashes(cfg: ServeConfig) -> list[str]:
     if cfg.api_keys_file:
         path = Path(cfg.api_keys_file).expanduser()
         if not path.is_file():
-            raise ValueError(f"serve.api_keys_file {cfg.api_keys_file} does not exist")
+            raise ConfigError(f"serve.api_keys_file {cfg.api_keys_file} does not exist")
         keys += [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     if not keys:
         where = " or ".join(x for x in (cfg.api_keys_env and f"${cfg.api_keys_env}", cfg.api_keys_file) if x)
-        raise ValueError(f"API-key auth is configured but no key was found in {where}")
+        raise ConfigError(f"serve: API-key auth is configured but no key was found in {where}")
     return sorted({hash_key(k) for k in keys})
 
 
@@ -472,13 +474,14 @@ def _project_path(path: str) -> str:
 
 def served_models(pcfg) -> list[ServedModelConfig]:
     """The policy and the judge of a PipelineConfig, with their paths resolved."""
+    from libra_ray.config import ConfigError
     from libra_ray.tiny import resolve_model
 
     out = []
     for m in (pcfg.serve.policy, pcfg.serve.judge):
         path = resolve_model(m.path, pcfg)
         if m.path == "trained" and "://" not in path and not Path(path).exists():
-            raise ValueError(f"serve.{'policy' if m is pcfg.serve.policy else 'judge'}.path 'trained': no trained model at "
+            raise ConfigError(f"serve.{'policy' if m is pcfg.serve.policy else 'judge'}.path 'trained': no trained model at "
                              f"{path}; run `libra-ray train` first or set the path (e.g. --set serve.policy.path=tiny)")
         out.append(m.model_copy(update={"path": path}))
     return out
