@@ -38,7 +38,8 @@ def add_submit_args(p: argparse.ArgumentParser) -> None:
                    help="libra-ray command the job runs (default: run = all stages; "
                         "preflight = check every node sees the run's storage)")
     p.add_argument("--runtime-env", help="YAML file with a Ray runtime_env (pip, image_uri, env_vars, ...)")
-    p.add_argument("--working-dir", default=".", help="folder shipped to the cluster (default: .)")
+    p.add_argument("--working-dir", help="folder shipped to the cluster (default: the runtime_env's, else ., "
+                                          "else nothing when the runtime_env names an image_uri)")
     p.add_argument("--env-from", action="append", default=[], metavar="NAME",
                    help="pass this environment variable of yours into the job (repeatable), e.g. OPENAI_API_KEY")
     p.add_argument("--entrypoint-num-cpus", type=float, default=0.0,
@@ -101,10 +102,10 @@ def build_runtime_env(args: argparse.Namespace) -> dict:
         if not isinstance(loaded, dict):
             raise SubmitError(f"--runtime-env {args.runtime_env} must hold a mapping")
         env.update(loaded)
-    if args.working_dir and "working_dir" not in env:
+    if args.working_dir:  # an explicit flag beats the file
         env["working_dir"] = args.working_dir
-    elif args.working_dir not in (None, ".") and env.get("working_dir") != args.working_dir:
-        env["working_dir"] = args.working_dir  # an explicit flag beats the file
+    elif "working_dir" not in env and "image_uri" not in env:
+        env["working_dir"] = "."  # ship this tree, unless the code comes in an image
     if env.get("working_dir") and "excludes" not in env:
         env["excludes"] = DEFAULT_EXCLUDES
     env_vars = {str(k): str(v) for k, v in (env.get("env_vars") or {}).items()}

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = dict(runtime_env=None, working_dir=".", env_from=[], config=None, overrides=[])
+    base = dict(runtime_env=None, working_dir=None, env_from=[], config=None, overrides=[])
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -59,6 +59,14 @@ def test_runtime_env_merges_file_working_dir_and_env_from(tmp_path, monkeypatch)
     assert env["env_vars"] == {"HF_HUB_OFFLINE": "1", "LIBRA_TEST_KEY": "sk-secret-value"}
     shown = sub.describe_runtime_env(env)
     assert "LIBRA_TEST_KEY" in shown and "sk-secret-value" not in shown
+
+
+def test_working_dir_default_follows_the_runtime_env(tmp_path):
+    image = tmp_path / "image.yaml"
+    image.write_text("image_uri: ghcr.io/x/y:1\n")
+    assert "working_dir" not in sub.build_runtime_env(_args(runtime_env=str(image)))  # code is in the image
+    assert sub.build_runtime_env(_args(runtime_env=str(image), working_dir="src"))["working_dir"] == "src"
+    assert sub.build_runtime_env(_args(runtime_env=str(ROOT / "jobs/runtime_env/local.yaml")))["working_dir"] == "."
 
 
 @pytest.mark.parametrize("content,match", [(None, "no such file"), ("- a\n- b\n", "mapping"), ("a: [\n", "not valid YAML")])
