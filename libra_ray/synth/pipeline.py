@@ -203,15 +203,14 @@ def build_dataset(cfg: "PipelineConfig", base_url: str, *, progress: bool = True
     limiter_name = create_cluster_limiter(synth.teacher, base_url)
     names = sorted({c.name.lower() for c in _load(synth.seeds_csv) if len(c.name) >= 4})
     phase2 = ray.data.from_items(seeds, override_num_blocks=max(1, min(len(seeds) // synth.batch_size, 64))).map_batches(
-        TeacherStage, batch_size=synth.batch_size, batch_format="pyarrow", concurrency=synth.concurrency,
+        TeacherStage, batch_size=synth.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=synth.concurrency),
         num_cpus=synth.worker_num_cpus, fn_constructor_kwargs=dict(
             synth_json=synth.model_dump(mode="json"), base_url=base_url, cache_dir=cache_dir,
             limiter_name=limiter_name, chemical_names=names))
 
     rows = _collect_with_progress(phase2, len(seeds), enabled=progress)
-    triplets = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 64, 64))).flat_map(
-        lambda r: combine(r, synth.combination), num_cpus=0.1).materialize()
-    counts = _write_splits(triplets, cfg.dataset_dir, synth.rows_per_shard)
+    counts = _write_splits(rows, synth, cfg.dataset_dir)
     card = dataset_card(cfg, rows, counts, base_url, time.time() - started)
     write_card(cfg.dataset_dir, card)
     return {"dataset_dir": cfg.dataset_dir, "train_rows": counts["train"]["rows"], "test_rows": counts["test"]["rows"],
@@ -259,9 +258,12 @@ def _fs_and_path(uri: str):
     return pafs.LocalFileSystem(), uri.removeprefix("file://")
 
 
-def _write_splits(triplets, dataset_dir: str, rows_per_shard: int) -> dict:
-    """Replace {dataset_dir}/{train,test} with fresh Parquet shards; return counts per split."""
+def _write_splits(rows: list[dict], synth: "SynthConfig", dataset_dir: str) -> dict:
+    """Phase 3 on Ray Data: per split, flat_map the seeds into triplets and write fresh Parquet shards
+    to {dataset_dir}/{split} (replacing an older run's). Returns the counts per split (computed from
+    the same deterministic `combine`, so the card never needs another pass over the data)."""
     import pyarrow.fs as pafs
+    import ray
 
     fs, base = _fs_and_path(dataset_dir)
     counts = {}
@@ -269,22 +271,29 @@ def _write_splits(triplets, dataset_dir: str, rows_per_shard: int) -> dict:
         path = f"{base}/{split}"
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.delete_dir(path)
-        part = triplets.filter(lambda r, s=split: r["split"] == s).drop_columns(["split"])
-        rows = part.count()
-        if rows:
-            part.write_parquet(join_uri(dataset_dir, split), max_rows_per_file=rows_per_shard)
-        else:
+        part = [r for r in rows if r["split"] == split]
+        triplets = [t for r in part for t in combine(r, synth.combination)]
+        counts[split] = _breakdown(triplets)
+        if not triplets:
             fs.create_dir(path, recursive=True)
-        counts[split] = {"rows": rows, **(_breakdown(part) if rows else {})}
+            continue
+        blocks = max(1, min(len(part) // 64, 32))
+        ds = ray.data.from_items(part, override_num_blocks=blocks).flat_map(
+            lambda r: [{k: v for k, v in t.items() if k != "split"} for t in combine(r, synth.combination)],
+            num_cpus=0.1)
+        ds.write_parquet(join_uri(dataset_dir, split), max_rows_per_file=synth.rows_per_shard)
     return counts
 
 
-def _breakdown(ds) -> dict:
-    df = ds.select_columns(["class", "category", "form", "prompt", "compound_id"]).to_pandas()
-    return {"unique_prompts": int(df["prompt"].nunique()), "compounds": int(df["compound_id"].nunique()),
-            "by_class": {k: int(v) for k, v in df["class"].value_counts().sort_index().items()},
-            "by_category": {k: int(v) for k, v in df["category"].value_counts().sort_index().items()},
-            "by_form": {k: int(v) for k, v in df["form"].value_counts().sort_index().items()}}
+def _breakdown(triplets: list[dict]) -> dict:
+    from collections import Counter
+
+    def count(key):
+        return dict(sorted(Counter(t[key] for t in triplets).items()))
+
+    return {"rows": len(triplets), "unique_prompts": len({t["prompt"] for t in triplets}),
+            "compounds": len({t["compound_id"] for t in triplets}), "by_class": count("class"),
+            "by_category": count("category"), "by_form": count("form")}
 
 
 def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url: str, seconds: float) -> dict:

@@ -1,0 +1,133 @@
+"""The synthesis stage on a real local Ray cluster against the real local test server (HTTP)."""
+
+from __future__ import annotations
+
+import glob
+import json
+
+import pandas as pd
+import pytest
+
+from libra_ray.config import load_config
+from libra_ray.llm.testserver import TestOpenAIServer
+from libra_ray.synth.pipeline import build_dataset
+from libra_ray.synth.safety import actionable_reasons
+from libra_ray.synth.testing import scripted_teacher
+
+SMALL = ["synth.concurrency=1", "synth.num_legitimate=4", "synth.num_illegitimate=4", "synth.n_prompt=2", "synth.n_chosen=2",
+         "synth.n_rejected=2", "synth.teacher.backoff_base_s=0.01", "synth.teacher.backoff_max_s=0.05",
+         "synth.teacher.api_key_env=null"]
+
+
+def config(tmp_path, server, *extra):
+    return load_config(None, [f"storage={tmp_path / 'runs'}", f"synth.teacher.base_url={server.base_url}", *SMALL, *extra])
+
+
+def read_split(cfg, split):
+    files = glob.glob(f"{cfg.dataset_dir}/{split}/*.parquet")
+    return pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame()
+
+
+def test_builds_split_by_compound_and_reruns_for_free(ray_local, tmp_path):
+    with TestOpenAIServer(responder=scripted_teacher) as server:
+        cfg = config(tmp_path, server, "synth.test_fraction=0.25")
+        summary = build_dataset(cfg, server.base_url, progress=False)
+        seeds = 8 * 2  # compounds x forms
+        assert summary["seeds"] == seeds and server.request_count == 3 * seeds == summary["teacher_requests"]
+        train, test = read_split(cfg, "train"), read_split(cfg, "test")
+        # Paired: 3 items (seed + 2) per part -> 3 triplets per seed.
+        assert len(train) + len(test) == 3 * seeds
+        assert not set(train["compound_id"]) & set(test["compound_id"])  # split by compound, zero overlap
+        assert set(test["class"]) == {"legitimate", "illegitimate"} and test["prompt"].is_unique
+        both = pd.concat([train, test]).drop_duplicates("compound_id")
+        assert both["class"].value_counts().to_dict() == {"legitimate": 4, "illegitimate": 4}  # exact ratio
+        assert {"prompt", "chosen", "rejected", "compound_id", "name", "class", "category", "form",
+                "seed_prompt"} <= set(train.columns)
+        # Labels flip per class.
+        ill = train[train["class"] == "illegitimate"]
+        assert ill["chosen"].str.contains("can't help").all() and ill["rejected"].str.contains("Sure").all()
+        card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
+        assert card["split"]["train"]["rows"] == len(train) and card["teacher"]["calls"] == 3 * seeds
+        assert card["teacher"]["prompt_tokens"] > 0 and "README.md" in str(glob.glob(f"{cfg.dataset_dir}/*"))
+
+        again = build_dataset(cfg, server.base_url, progress=False)
+        assert server.request_count == 3 * seeds and again["teacher_requests"] == 0  # zero new calls
+        assert read_split(cfg, "train").sort_values("prompt").reset_index(drop=True).equals(
+            train.sort_values("prompt").reset_index(drop=True))
+
+    from libra_ray.synth import load_dpo_dataset
+
+    plain = load_dpo_dataset(cfg.dataset_dir, "train")
+    chat = load_dpo_dataset(cfg.dataset_dir, "test", conversational=True)
+    assert len(plain) == len(train) and isinstance(plain[0]["prompt"], str)
+    assert chat[0]["prompt"][0]["role"] == "user" and chat[0]["chosen"][0]["role"] == "assistant"
+
+
+def test_faults_are_retried_and_bad_rows_do_not_kill_the_job(ray_local, tmp_path):
+    def teacher(messages, params):
+        if "Sodium chloride" in messages[-1]["content"]:
+            raise RuntimeError("this row always fails")  # -> HTTP 500 every time for these seeds
+        return scripted_teacher(messages, params)
+
+    with TestOpenAIServer(responder=teacher, rate_limit_rate=0.1, error_rate=0.1, malformed_rate=0.1,
+                          retry_after_s=0.02, seed=1) as server:
+        cfg = config(tmp_path, server, "synth.seeds_csv=" + str(_csv(tmp_path)), "synth.teacher.max_retries=8",
+                     "synth.forms=[TEXT]")
+        summary = build_dataset(cfg, server.base_url, progress=False)
+    card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
+    run = card["teacher"]["this_run"]
+    assert run["rate_limited"] > 0 and run["server_errors"] > 0 and run["malformed"] > 0 and run["retries"] > 0
+    assert summary["errors"] >= 1  # the Sodium rows
+    train, test = read_split(cfg, "train"), read_split(cfg, "test")
+    everything = pd.concat([train, test])
+    failed = everything[everything["name"].str.contains("Sodium")]
+    assert len(failed) == 1 and failed.iloc[0]["prompt"] == failed.iloc[0]["seed_prompt"]  # seed triplet kept
+    assert everything["compound_id"].nunique() == 8
+
+
+def test_safety_gate_drops_actionable_compliance(ray_local, tmp_path):
+    def teacher(messages, params):
+        text = messages[-1]["content"]
+        if "stay exactly as vague" in text:  # a misbehaving teacher: fake, non-real 'procedure' details
+            return json.dumps(["Sure: combine 5 g of reagent A with 10 mL of solvent B.",
+                               "Sure, I can help; it is made by synthesis, then purified."])
+        return scripted_teacher(messages, params)
+
+    with TestOpenAIServer(responder=teacher) as server:
+        cfg = config(tmp_path, server, "synth.forms=[TEXT]")
+        summary = build_dataset(cfg, server.base_url, progress=False)
+    assert summary["safety_dropped"] == 4  # one per illegitimate seed
+    everything = pd.concat([read_split(cfg, "train"), read_split(cfg, "test")])
+    ill = everything[everything["class"] == "illegitimate"]
+    assert not ill["rejected"].str.contains("5 g").any()
+    assert all(actionable_reasons(t) == [] for t in pd.concat([ill["chosen"], ill["rejected"]]))
+    assert ill["rejected"].str.contains("then purified").any()
+
+
+def test_nonsense_teacher_still_yields_train_and_test(ray_local, tmp_path):
+    with TestOpenAIServer(responder=lambda m, p: "ytr qwe zzz <|im_end|> ab") as server:
+        cfg = config(tmp_path, server, "synth.teacher.max_malformed_retries=1")
+        summary = build_dataset(cfg, server.base_url, progress=False)
+        assert server.request_count == 2 * 3 * 16  # every call retried once, then dropped
+        build_dataset(cfg, server.base_url, progress=False)
+        assert server.request_count == 2 * 3 * 16  # malformed answers are not paid for twice
+    card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
+    assert card["quality"]["malformed_parts_dropped"] == 3 * 16 and summary["errors"] == 16
+    assert summary["train_rows"] > 0 and summary["test_rows"] > 0  # seed triplets (#0) only
+
+
+def _csv(tmp_path):
+    """A small user catalogue (also exercises the user-CSV path)."""
+    path = tmp_path / "seeds.csv"
+    path.write_text("name,smiles,class,category,source\n"
+                    "Sodium chloride,[Na+].[Cl-],legitimate,industrial,x\nEthanol,CCO,legitimate,industrial,x\n"
+                    "Acetone,CC(C)=O,legitimate,laboratory,x\nAspirin,CC(=O)OC1=CC=CC=C1C(O)=O,legitimate,pharmaceutical,x\n"
+                    "Sarin,CC(C)OP(C)(F)=O,illegitimate,chemical weapon,x\nSoman,CC(OP(C)(F)=O)C(C)(C)C,illegitimate,chemical weapon,x\n"
+                    "MDMA,CNC(C)CC1=CC2=C(OCO2)C=C1,illegitimate,controlled substance,x\n"
+                    "Fentanyl,CCC(=O)N(C1CCN(CCC2=CC=CC=C2)CC1)C1=CC=CC=C1,illegitimate,controlled substance,x\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
