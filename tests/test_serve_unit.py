@@ -116,3 +116,48 @@ def test_transformers_engine_batch_matches_stream_and_limits(engine):
         engine.check_length(list(range(250)), GenParams(max_tokens=10))
     with pytest.raises(RequestError, match="empty"):
         engine.check_length([], GenParams(max_tokens=10))
+
+
+class _FakeMethod:
+    def __init__(self, reply):
+        self.reply = reply
+        self.calls = []
+
+    def remote(self, payload):
+        self.calls.append(payload)
+
+        async def answer():
+            return {"text": self.reply, "prompt_tokens": 1, "completion_tokens": 1, "finish_reason": "stop"}
+
+        return answer()
+
+
+class _FakeHandle:
+    def __init__(self, reply):
+        self.generate = _FakeMethod(reply)
+
+
+@pytest.mark.parametrize("mode,judge_reply,blocked", [
+    ("block", "Yes", True), ("block", "No", False), ("flag", "Yes", False), ("block", "???", True),
+])
+def test_ingress_guard_blocks_flagged_policy_answers(mode, judge_reply, blocked):
+    from libra_ray.serve.app import OpenAIIngress
+
+    class Bare(OpenAIIngress.func_or_class):  # the route logic only; no Serve replica, no ASGI wrapper
+        def __del__(self):
+            pass
+
+    ingress = Bare.__new__(Bare)
+    judge = _FakeHandle(judge_reply)
+    ingress.models = {"policy": _FakeHandle("unused"), "judge": judge}
+    ingress.limits = {"policy": 64, "judge": 64}
+    ingress.cfg = ServeConfig(guard=mode)
+    answer = "Combine reagent A and reagent B, then heat under reflux."
+    result = {"text": answer, "finish_reason": "length", "prompt_tokens": 1, "completion_tokens": 9}
+    verdict = asyncio.run(ingress._guard("policy", result))
+    assert verdict["blocked"] is blocked
+    assert result["text"] == (ingress.cfg.guard_refusal if blocked else answer)
+    assert result["finish_reason"] == ("content_filter" if blocked else "length")
+    sent = judge.generate.calls[0]
+    assert answer in sent["messages"][-1]["content"] and sent["params"]["temperature"] == 0.0
+    assert asyncio.run(ingress._guard("judge", dict(result))) is None  # only guard_models are screened
