@@ -129,4 +129,8 @@ def create_cluster_limiter(endpoint: "EndpointConfig", base_url: str | None = No
     actor = ray.remote(num_cpus=0)(TokenBucket).options(name=name, get_if_exists=True).remote(
         endpoint.requests_per_minute, endpoint.tokens_per_minute)
     ray.get(actor.configure.remote(endpoint.requests_per_minute, endpoint.tokens_per_minute))
+    _BUDGET_ACTORS[name] = actor  # a named actor dies with its last handle: keep one for the driver's life
     return name
+
+
+_BUDGET_ACTORS: dict[str, object] = {}
