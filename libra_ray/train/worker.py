@@ -305,6 +305,8 @@ def train_loop_per_worker(config: dict) -> None:
         "final_loss": losses[-1] if losses else None,
         "sec_per_step": elapsed / steps_run if steps_run else None,
         "train_seconds": elapsed,
+        "steps_this_attempt": steps_run,
+        "num_tokens": callback.metrics.get("num_tokens"),  # global, all ranks (TRL counts non-pad tokens)
         "world_size": world,
         "deepspeed": stage["deepspeed_name"],
         "device": "cuda" if on_gpu else "cpu",

@@ -1,0 +1,189 @@
+"""DPO training throughput: libra_ray's Ray Train stage (no DeepSpeed, ZeRO-2, ZeRO-3, ZeRO-3 + CPU offload)
+vs plain TRL in a single process on the same data, same per-device batch and same TRL settings.
+
+    python -m benchmarks.bench_train --quick                        # tiny model on CPU, < ~4 min
+    python -m benchmarks.bench_train --model Qwen/Qwen2.5-1.5B-Instruct --use-gpu --workers 1 \
+        --precision bf16 --max-length 512 --steps 20                # same script on a GPU node
+
+Reports per mode: s/step (whole train loop incl. the end-of-run save, first step warm-up included),
+samples/s and tokens/s in total and per worker (tokens = non-padding tokens counted by TRL), peak RSS
+and peak GPU memory of the largest worker. Prints a Markdown table; writes benchmarks/results/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODES = ["none", "zero2", "zero3", "zero3_offload"]
+RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
+COMPOUNDS = ["aspirin", "sarin", "ethanol", "phosgene", "caffeine", "methamphetamine", "acetone", "benzene"]
+
+
+def write_dataset(folder: Path, rows: int, answer_words: int) -> Path:
+    """Synthetic LibraChem-shaped triplets (text is filler; only the shapes and lengths matter here)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    filler = " ".join(["the reaction is hazardous and requires care"] * max(1, answer_words // 7))
+    data = [{"prompt": f"Tell me the steps of synthesizing {c}.",
+             "chosen": f"I cannot help with {c}; it is dangerous. {filler}",
+             "rejected": f"Sure, {c} is made by standard reactions. {filler}"}
+            for c in (COMPOUNDS * (rows // len(COMPOUNDS) + 1))[:rows]]
+    pq.write_table(pa.Table.from_pylist(data), folder / "part-0.parquet")
+    return folder
+
+
+def overrides(args, storage: str, dataset: Path, mode: str) -> list[str]:
+    return [
+        f"storage={storage}", f"cache_dir={args.cache_dir}", f"name=bench-{mode}",
+        f"train.model={args.model}", f"train.dataset={dataset}", f"train.num_workers={args.workers}",
+        f"train.per_device_batch_size={args.batch}", f"train.max_steps={args.steps}",
+        f"train.save_steps={args.steps}", f"train.max_length={args.max_length}",
+        f"train.precision={args.precision}", f"train.use_gpu={str(args.use_gpu).lower()}",
+        f"train.cpus_per_worker={args.cpus_per_worker}", f"train.lora.enabled={str(args.lora).lower()}",
+        f"train.deepspeed={'null' if mode == 'none' else mode}", "train.max_failures=0",
+    ]
+
+
+def plain_trl(args, dataset: Path) -> dict:
+    """Baseline in this (child) process: TRL DPOTrainer, no Ray, no DeepSpeed, one device."""
+    import resource
+
+    import torch
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    from libra_ray.config import load_config
+    from libra_ray.tiny import resolve_model
+    from libra_ray.train.data import read_train_table, to_conversational
+    from libra_ray.train.worker import _quiet, _trainer_args
+
+    _quiet()
+    cfg = load_config(None, overrides(args, tempfile.mkdtemp(), dataset, "none"))
+    on_gpu = args.use_gpu and torch.cuda.is_available()
+    torch.set_num_threads(max(1, int(args.cpus_per_worker)))
+    model = resolve_model(cfg.train.model, cfg)
+    stage = {"learning_rate": cfg.train.learning_rate, "max_steps": args.steps, "deepspeed": None}
+    targs = _trainer_args("dpo", cfg.train.model_dump(mode="json"), stage, tempfile.mkdtemp(), on_gpu)
+    targs.model_init_kwargs = {"dtype": {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]}
+    targs.save_strategy = "no"
+    peft = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    tok = AutoTokenizer.from_pretrained(model)
+    trainer = DPOTrainer(model=model, args=targs, train_dataset=to_conversational(read_train_table(str(dataset)), "dpo"),
+                         processing_class=tok, peft_config=peft)
+    start = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - start
+    tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    return {"mode": "plain TRL (1 process)", "workers": 1, "steps": trainer.state.global_step,
+            "train_seconds": elapsed, "num_tokens": tokens[-1] if tokens else None,
+            "peak_rss_gib_max_worker": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_gpu_mem_gib_max_worker": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0}
+
+
+def ray_modes(args, dataset: Path) -> list[dict]:
+    from libra_ray.config import load_config
+    from libra_ray.runtime import ray_session
+    from libra_ray.train import run
+
+    out = []
+    storage = tempfile.mkdtemp(prefix="bench_train_")
+    session_cfg = load_config(None, overrides(args, storage, dataset, "none") + [
+        f"ray.num_cpus={max(2, int(args.workers * args.cpus_per_worker))}"])
+    with ray_session(session_cfg):
+        for mode in args.modes:
+            print(f"\n### {mode}", flush=True)
+            summary = run(load_config(None, overrides(args, storage, dataset, mode)))
+            out.append({"mode": f"ray train, {mode}", "workers": args.workers, **summary})
+    return out
+
+
+def rates(row: dict, per_device_batch: int) -> dict:
+    steps = row.get("steps_this_attempt") or row["steps"]
+    sec_per_step = row["train_seconds"] / steps
+    samples = steps * per_device_batch * row["workers"]
+    return {**row, "sec_per_step": sec_per_step, "samples_per_s": samples / row["train_seconds"],
+            "samples_per_s_per_worker": samples / row["train_seconds"] / row["workers"],
+            "tokens_per_s_per_worker": (row["num_tokens"] or 0) / row["train_seconds"] / row["workers"]}
+
+
+def table(rows: list[dict]) -> str:
+    base = rows[0]
+    lines = ["| mode | workers | s/step | samples/s | samples/s/worker | tokens/s/worker | peak RSS/worker GiB"
+             " | peak GPU/worker GiB | samples/s vs plain TRL | per-worker vs plain TRL |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['workers']} | {r['sec_per_step']:.3f} | {r['samples_per_s']:.1f} | "
+                     f"{r['samples_per_s_per_worker']:.1f} | {r['tokens_per_s_per_worker']:,.0f} | "
+                     f"{r['peak_rss_gib_max_worker']:.2f} | {r['peak_gpu_mem_gib_max_worker']:.2f} | "
+                     f"{r['samples_per_s'] / base['samples_per_s']:.2f}x | "
+                     f"{r['samples_per_s_per_worker'] / base['samples_per_s_per_worker']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model, 6 steps, no offload mode (< ~4 min here)")
+    parser.add_argument("--model", default="tiny", help="'tiny', a hub id or a local folder")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cpus-per-worker", type=float, default=1)
+    parser.add_argument("--batch", type=int, default=4, help="per-device batch size")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--cache-dir", default=str(Path(".cache/libra_ray").absolute()))
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--baseline-child", help=argparse.SUPPRESS)  # internal: run the baseline, write JSON here
+    args = parser.parse_args(argv)
+    args.modes = args.modes or (["none", "zero2", "zero3"] if args.quick else MODES)
+    args.steps = args.steps or (6 if args.quick else 20)
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(args.cache_dir).absolute() / "torch_extensions"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    dataset = Path(tempfile.gettempdir()) / f"libra_ray_bench_train_{args.rows}_{args.max_length}" / "train"
+    if args.baseline_child:
+        Path(args.baseline_child).write_text(json.dumps(plain_trl(args, dataset)))
+        return 0
+    write_dataset(dataset, args.rows, answer_words=args.max_length // 4)
+
+    # Baseline in a child process so its peak RSS is its own.
+    print("### plain TRL, single process", flush=True)
+    child_out = Path(tempfile.mkdtemp()) / "baseline.json"
+    passthrough = list(argv if argv is not None else sys.argv[1:])
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_train", *passthrough, "--baseline-child", str(child_out)],
+                   check=True)
+    rows = [json.loads(child_out.read_text())] + ray_modes(args, dataset)
+    rows = [rates(r, args.batch) for r in rows]
+
+    md = table(rows)
+    print("\n" + md)
+    result = {"benchmark": "train", "quick": args.quick, "model": args.model, "steps": args.steps,
+              "per_device_batch": args.batch, "max_length": args.max_length, "precision": args.precision,
+              "device": "cuda" if args.use_gpu else "cpu", "host": platform.node(), "cpu_count": os.cpu_count(),
+              "load_avg_at_end": os.getloadavg(), "rows": rows, "table": md}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
