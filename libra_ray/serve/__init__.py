@@ -1,7 +1,8 @@
 """Stage 4, serving: the policy and the judge on Ray Serve behind one OpenAI-compatible API.
 
 - `run(cfg)`: start the app from `cfg.serve` and block until Ctrl-C (the CLI's `libra-ray serve`).
-- `serving(cfg)`: the same as a context manager yielding a `RunningApp` (tests, scripts).
+- `start_app(cfg) -> RunningApp` / `stop_app(app)`: start and stop it programmatically;
+  `serving(cfg)`: the same as a context manager yielding the `RunningApp` (`.base_url`, `.name`).
 - `local_openai_server(cfg, models)`: the embedded default endpoint for other stages (`local.py`).
 - `app.app_builder`: the import path of the Serve YAMLs under `serve/`.
 
@@ -18,14 +19,29 @@ if TYPE_CHECKING:
     from libra_ray.config import PipelineConfig
 
 
+def start_app(cfg: "PipelineConfig"):
+    """Deploy the policy+judge app on the current Ray cluster and wait until it answers on HTTP."""
+    from libra_ray.serve.app import served_models
+    from libra_ray.serve.server import start_app as _start
+
+    return _start(served_models(cfg), cfg.serve)
+
+
+def stop_app(app) -> None:
+    """Delete the app; shut Serve down too if `start_app` started it and nothing else runs on it."""
+    from libra_ray.serve.server import stop_app as _stop
+
+    _stop(app)
+
+
 @contextlib.contextmanager
 def serving(cfg: "PipelineConfig"):
     """Run the policy+judge app on the current Ray cluster; yields a `RunningApp` (has `.base_url`)."""
-    from libra_ray.serve.app import served_models
-    from libra_ray.serve.server import running_app
-
-    with running_app(served_models(cfg), cfg.serve) as app:
+    app = start_app(cfg)
+    try:
         yield app
+    finally:
+        stop_app(app)
 
 
 def run(cfg: "PipelineConfig") -> dict:

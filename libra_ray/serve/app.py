@@ -155,7 +155,7 @@ class ModelServer:
             from libra_ray.serve.engines import VLLMEngine
 
             self.engine = VLLMEngine(self.spec.path, self.spec.max_model_len, self.spec.vllm_kv_cache_gib,
-                                     self.spec.vllm_enforce_eager)
+                                     self.spec.vllm_enforce_eager, self.spec.vllm_dtype)
         else:
             from libra_ray.serve.engines import TransformersEngine
 

@@ -58,6 +58,7 @@ class ServedModelConfig(StrictModel):
     # vLLM on CPU (see ENVIRONMENT.md): KV cache GiB and eager mode for a fast start.
     vllm_kv_cache_gib: int = Field(default=1, ge=1)
     vllm_enforce_eager: bool = True
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
 
     @field_validator("name")

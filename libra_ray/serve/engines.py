@@ -236,7 +236,7 @@ class VLLMEngine(_Engine):
     """vLLM's AsyncLLM in this process (its EngineCore runs in a child process it manages)."""
 
     def __init__(self, model_path: str, max_model_len: int = 1024, kv_cache_gib: int = 1,
-                 enforce_eager: bool = True, num_cpus: float = 1.0):
+                 enforce_eager: bool = True, dtype: str = "auto"):
         # CPU settings from ENVIRONMENT.md: a small KV cache and a fraction of the NUMA node's memory.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -246,7 +246,7 @@ class VLLMEngine(_Engine):
 
         self.SamplingParams = SamplingParams
         args = AsyncEngineArgs(model=model_path, max_model_len=max_model_len, enforce_eager=enforce_eager,
-                               gpu_memory_utilization=0.5, disable_log_stats=True)
+                               gpu_memory_utilization=0.5, disable_log_stats=True, dtype=dtype)
         self.llm = AsyncLLM.from_engine_args(args)
         from transformers import AutoTokenizer
 
