@@ -1,14 +1,18 @@
-"""The synthesis stage on a real local Ray cluster against the real local test server (HTTP)."""
+"""The synthesis stage on a real local Ray cluster against the real local test server (HTTP), and the
+cluster-wide teacher budget (one module: one Ray cluster start)."""
 
 from __future__ import annotations
 
 import glob
 import json
+import time
 
 import pandas as pd
 import pytest
 
 from libra_ray.config import load_config
+from libra_ray.llm.config import EndpointConfig
+from libra_ray.llm.ratelimit import ClusterLimiter, create_cluster_limiter
 from libra_ray.llm.testserver import TestOpenAIServer
 from libra_ray.synth.pipeline import build_dataset
 from libra_ray.synth.safety import actionable_reasons
@@ -114,6 +118,29 @@ def test_nonsense_teacher_still_yields_train_and_test(ray_local, tmp_path):
     card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
     assert card["quality"]["malformed_parts_dropped"] == 3 * 16 and summary["errors"] == 16
     assert summary["train_rows"] > 0 and summary["test_rows"] > 0  # seed triplets (#0) only
+
+
+def test_cluster_limiter_shares_one_budget_across_workers(ray_local):
+    ray = ray_local
+    endpoint = EndpointConfig(base_url="http://127.0.0.1:1/v1", requests_per_minute=1200)  # 20/s, burst 20
+    assert create_cluster_limiter(EndpointConfig(base_url="http://x/v1")) is None  # no budget, no actor
+    name = create_cluster_limiter(endpoint)
+
+    @ray.remote(num_cpus=0)
+    def worker(n: int) -> float:
+        limiter = ClusterLimiter.by_name(name)
+        start = time.monotonic()
+        for _ in range(n):
+            time.sleep(limiter.reserve(1, 10))
+        return time.monotonic() - start
+
+    start = time.monotonic()
+    durations = ray.get([worker.remote(40), worker.remote(40)])
+    elapsed = time.monotonic() - start
+    # 80 requests at 20/s with a 20-request burst take >= 3 s in total, whichever worker sent them.
+    assert max(durations) >= 2.5 and elapsed >= 2.5
+    stats = ray.get(ray.get_actor(name).stats.remote())
+    assert stats["granted_requests"] >= 80
 
 
 def _csv(tmp_path):

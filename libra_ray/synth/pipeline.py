@@ -201,7 +201,8 @@ def build_dataset(cfg: "PipelineConfig", base_url: str, *, progress: bool = True
     seeds = phase1_rows(synth)
     cache_dir = join_uri(cfg.run_dir, "teacher_cache")
     limiter_name = create_cluster_limiter(synth.teacher, base_url)
-    names = sorted({c.name.lower() for c in _load(synth.seeds_csv) if len(c.name) >= 4})
+    # Catalogue names count as reagents in the safety gate (short acronyms would match ordinary words).
+    names = sorted({c.name.lower() for c in _load(synth.seeds_csv, check_smiles=False) if len(c.name) >= 4})
     phase2 = ray.data.from_items(seeds, override_num_blocks=max(1, min(len(seeds) // synth.batch_size, 64))).map_batches(
         TeacherStage, batch_size=synth.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=synth.concurrency),

@@ -10,6 +10,7 @@ positive costs one paraphrase, a false negative would put a procedure into the d
 
 from __future__ import annotations
 
+import functools
 import re
 
 _UNITS = (r"mg|g|kg|µg|ug|mL|ml|L|l|µL|uL|mol|mmol|µmol|eq|equiv|equivalents?|M|mM|N|ppm|%|wt%|v/v|w/w|"
@@ -38,16 +39,19 @@ def actionable_reasons(text: str, subject: str = "", chemical_names: frozenset[s
     `subject` (the synth stage passes the catalogue's names)."""
     reasons = [name for name, pattern in _CHECKS if pattern.search(text)]
     if chemical_names:
-        lowered = text.lower()
         own = subject.lower()
-        named = {n for n in chemical_names if n != own and n not in own and _word_in(n, lowered)}
+        named = {m.lower() for m in _names_pattern(chemical_names).findall(text)}
+        named = {n for n in named if n != own and n not in own}
         if len(named) >= 2:
             reasons.append("reagent list")
     return sorted(set(reasons))
 
 
-def _word_in(name: str, text: str) -> bool:
-    return re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text) is not None
+@functools.lru_cache(maxsize=8)
+def _names_pattern(names: frozenset[str]) -> re.Pattern:
+    """One compiled alternation for the whole lexicon (longest names first), built once per lexicon."""
+    alternation = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])", re.IGNORECASE)
 
 
 def passes_gate(text: str, subject: str = "", chemical_names: frozenset[str] | None = None) -> bool:
