@@ -99,10 +99,10 @@ def test_vllm_actors_and_api_baseline_full_report(ray_local, servers, tmp_path):
 def test_ray_data_llm_processor(ray_local, tmp_path):
     from libra_ray.bench.generate import generate, read_generations
 
-    cfg = _cfg(tmp_path, "bench.max_prompts=24", "bench.batch_size=8",
+    cfg = _cfg(tmp_path, "bench.max_prompts=16", "bench.batch_size=8",
                "bench.models=[{name: rdl, engine: ray_data_llm, path: tiny}]")
     out = generate(cfg, cfg.bench.models[0])
-    assert out["generated"] == 24
+    assert out["generated"] == 16
     rows = read_generations(cfg, "rdl").to_pylist()
     assert all(r["prompt"].startswith("Tell me") for r in rows)  # the benchmark prompt, not the template
     assert all(r["error"] is None and r["completion_tokens"] >= 1 for r in rows)

@@ -87,6 +87,16 @@ def render_markdown(report: dict) -> str:
         util = f"{s['utility_score_mean']:.2f} (n={s['utility_score_n']})" if "utility_score_mean" in s else "n/a"
         lines.append(f"| {name} | {_pct(s['rule_refusal_rate'])} | {_pct(s['judge_refusal_rate'])} | "
                      f"{_pct(s['rule_judge_agreement'])} | {three_s} | {util} |")
+    lines += ["", "## Generation (this invocation)", "",
+              "| model | engine | rows | resumed | generated | errors | seconds | completion tok/s |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in models.items():
+        g = s.get("generation") or {}
+        lines.append(f"| {name} | {g.get('engine', '')} | {g.get('rows', '')} | {g.get('resumed', '')} | "
+                     f"{g.get('generated', '')} | {g.get('errors', '')} | {g.get('seconds', '')} | {g.get('tokens_per_s', '-')} |")
+    if report.get("judge_client"):
+        j = report["judge_client"]
+        lines += ["", f"Judge `{report.get('judge_model')}`: {j.get('requests', 0)} HTTP requests, {j.get('retries', 0)} "
+                  f"retries, {j.get('cache_hits', 0)} cache hits, {j.get('errors', 0)} failed calls."]
     lines += ["", "Unjudged rows (judge reply unparseable after retries, or request failed) are labelled by "
               "the rule alone; their raw judge replies are kept in `<model>/evaluations.parquet`."]
     return "\n".join(lines) + "\n"
