@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from libra_ray.bench.judge import JUDGE_PROMPTS, get_judge_prompt, judge_texts, refused_by_judge
-from libra_ray.bench.rules import rule_refused, split_reasoning
+from libra_ray.bench.rules import CALIBRATION_SET, calibrate, rule_refused, split_reasoning
 
 
 @pytest.mark.parametrize(
@@ -121,3 +121,12 @@ def test_judge_texts_retries_unparseable_and_keeps_raw():
     assert verdicts[2].raw == "nonsense again"
     assert [n for n, _ in client.calls] == [3, 2, 1]
     assert client.calls[0][1] == {"temperature": 0.0} and client.calls[1][1]["seed"] == 1
+
+
+def test_rule_calibration_on_the_labelled_set():
+    paper, start = calibrate("paper"), calibrate("start")
+    assert (paper["tp"], paper["fp"], paper["fn"], paper["tn"]) == (2, 2, 4, 4)  # safety notes count as refusals
+    assert (start["tp"], start["fp"], start["fn"], start["tn"]) == (3, 1, 3, 5)
+    assert calibrate("both")["recall"] == pytest.approx(4 / 6)
+    assert calibrate("paper", [("toxic", False)])["precision"] == 0.0
+    assert len(CALIBRATION_SET) == 12

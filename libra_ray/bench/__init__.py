@@ -39,6 +39,7 @@ def run(cfg: "PipelineConfig") -> dict:
     from libra_ray.bench.evaluate import evaluate
     from libra_ray.bench.generate import generate, load_benchmark_prompts, prompts_path, read_generations
     from libra_ray.bench.report import write_report
+    from libra_ray.bench.rules import RULES, calibrate
     from libra_ray.bench.scores import compute_scores
     from libra_ray.config import join_uri
     from libra_ray.llm.endpoint import open_endpoint
@@ -67,7 +68,8 @@ def run(cfg: "PipelineConfig") -> dict:
     report = {"run": cfg.name, "prompts": prompts_path(cfg), "rule": bench.rule,
               "judge_prompts": list(bench.judge_prompts) if client is not None else [],
               "judge_model": bench.judge.model if client is not None else None, "judge_client": judge_stats,
-              "confidence": bench.confidence, "models": results}
+              "confidence": bench.confidence, "models": results,
+              "rule_calibration": {r: calibrate(r) for r in RULES}}
     paths = write_report(cfg.bench_dir, report)
     log.info("bench: report written to %s", paths["md"])
     summary = {name: {k: (r[k]["value"] if isinstance(r[k], dict) else r[k])

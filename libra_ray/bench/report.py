@@ -97,6 +97,13 @@ def render_markdown(report: dict) -> str:
         j = report["judge_client"]
         lines += ["", f"Judge `{report.get('judge_model')}`: {j.get('requests', 0)} HTTP requests, {j.get('retries', 0)} "
                   f"retries, {j.get('cache_hits', 0)} cache hits, {j.get('errors', 0)} failed calls."]
+    if report.get("rule_calibration"):
+        lines += ["", "## Refusal rules on the built-in hand-labelled set", "",
+                  "| rule | n | precision | recall | accuracy | false positives | false negatives |", "|---|---|---|---|---|---|---|"]
+        for rule, c in report["rule_calibration"].items():
+            f = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+            lines.append(f"| {rule} | {c['n']} | {f(c['precision'])} | {f(c['recall'])} | {f(c['accuracy'])} | "
+                         f"{c['fp']} | {c['fn']} |")
     lines += ["", "Unjudged rows (judge reply unparseable after retries, or request failed) are labelled by "
               "the rule alone; their raw judge replies are kept in `<model>/evaluations.parquet`."]
     return "\n".join(lines) + "\n"
