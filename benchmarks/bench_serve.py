@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -101,15 +102,17 @@ def bench_serve_app(cfg, engine: str, levels, per_level, max_tokens) -> dict:
     return {"ready_s": round(ready, 1), "levels": rows}
 
 
-def bench_vllm_api_server(model_path: str, levels, per_level, max_tokens) -> dict:
+def bench_vllm_api_server(model_path: str, levels, per_level, max_tokens, dtype: str = "auto") -> dict:
     from libra_ray.serve.server import free_port, wait_healthy
 
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--host", "127.0.0.1",
            "--port", str(port), "--served-model-name", "policy", "--max-model-len", "1024", "--enforce-eager",
-           "--gpu-memory-utilization", "0.5", "--disable-log-stats"]
-    log = open(RESULTS.parent / "vllm_api_server.log", "w")
+           "--gpu-memory-utilization", "0.5", "--disable-log-stats", "--dtype", dtype]
+    log_dir = Path(tempfile.gettempdir()) / "libra_ray_bench_serve"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / "vllm_api_server.log", "w")  # kept out of the repo; read it if startup fails
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     t0 = time.perf_counter()
     try:
@@ -183,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer levels and requests (< ~4 min here)")
     parser.add_argument("--model", default="tiny", help="model ref (tiny, a folder or a hub id)")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--vllm-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="dtype of both vLLM servers (auto = bfloat16 on CPU; transformers runs float32)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["serve-transformers", "serve-vllm",
                                                                    "vllm-api-server", "scale-out"])
     args = parser.parse_args(argv)
@@ -198,14 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     per_level = 16 if args.quick else 64
     cfg = load_config(None, ["ray.num_cpus=2", "serve.port=0", f"serve.policy.path={args.model}",
                              "serve.policy.num_cpus=0.5", "serve.judge.num_cpus=0.25",
+                             f"serve.policy.vllm_dtype={args.vllm_dtype}",
                              f"cache_dir={ROOT / '.cache' / 'libra_ray'}", "storage=/tmp/libra_ray_bench_serve"])
     model_path = resolve_model(args.model, cfg)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results: dict = {"model": args.model, "quick": args.quick, "max_tokens": args.max_tokens,
+                     "vllm_dtype": args.vllm_dtype, "load_average_at_start": os.getloadavg()[0],
                      "machine": f"{os.cpu_count()} CPUs", "servers": {}}
     t_start = time.perf_counter()
     if "vllm-api-server" not in args.skip:
-        results["servers"]["vllm-api-server"] = bench_vllm_api_server(model_path, levels, per_level, args.max_tokens)
+        results["servers"]["vllm-api-server"] = bench_vllm_api_server(model_path, levels, per_level, args.max_tokens,
+                                                                      args.vllm_dtype)
     with ray_session(cfg):
         for engine in ("transformers", "vllm"):
             if f"serve-{engine}" not in args.skip:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,6 +140,7 @@ def test_serve_deploy_yaml_on_a_running_local_cluster(tmp_path):
             except ProcessLookupError:
                 pass
         head.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _ok(url: str, any_status: bool = False) -> bool:
