@@ -107,3 +107,13 @@ def test_copy_tree_replaces_destination(tmp_path):
     copy_tree(str(src), str(dst))
     assert (dst / "sub" / "a.txt").read_text() == "new" and not (dst / "stale.txt").exists()
     assert not (tmp_path / "out" / "model.partial").exists()
+
+
+def test_run_name_resumes_same_config_and_separates_changed_ones():
+    from libra_ray.train.launcher import _fingerprint, run_name
+
+    a, b = load_config(None, []), load_config(None, ["train.beta=0.2"])
+    assert run_name(a, "dpo", _fingerprint(a, "m", "d")) == run_name(a, "dpo", _fingerprint(a, "m", "d"))
+    assert run_name(a, "dpo", _fingerprint(a, "m", "d")) != run_name(b, "dpo", _fingerprint(b, "m", "d"))
+    assert run_name(a, "dpo", _fingerprint(a, "m", "d")) != run_name(a, "dpo", _fingerprint(a, "m", "other-data"))
+    assert run_name(a, "sft", _fingerprint(a, "m", "d")).startswith("quickstart-sft-")

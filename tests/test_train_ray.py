@@ -3,6 +3,7 @@ SFT -> DPO with LoRA merged, a worker killed mid-run, and the fail-fast checks."
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -89,6 +90,11 @@ def test_bad_inputs_fail_before_workers_start(ray_local, train_cfg, tmp_path):
     pq.write_table(pa.table({"prompt": ["p"], "chosen": ["c"]}), tmp_path / "bad.parquet")
     with pytest.raises(ConfigError, match=r"lacks required column\(s\) \['rejected'\]"):
         run(train_cfg(f"train.dataset={tmp_path / 'bad.parquet'}"))
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(ConfigError, match="train.tracker: wandb is not installed"):
+            run(train_cfg("train.tracker=wandb"))
 
 
 def test_dpo_two_workers_trains_saves_and_rerun_skips(ray_local, train_cfg):
@@ -98,7 +104,8 @@ def test_dpo_two_workers_trains_saves_and_rerun_skips(ray_local, train_cfg):
     assert_trained(summary, cfg, steps=6)
     assert summary["world_size"] == 2 and summary["rows"] == 64 and summary["resumed_from_step"] == 0
     assert summary["rewards/accuracies"] > 0.5 and summary["rewards/margins"] > 0
-    run_dir = os.path.join(cfg.checkpoint_dir, f"{cfg.name}-dpo")
+    run_dir = os.path.dirname(summary["checkpoint"])
+    assert os.path.basename(run_dir).startswith(f"{cfg.name}-dpo-")
     kept = sorted(d for d in os.listdir(run_dir) if d.startswith("dpo_"))
     assert kept == ["dpo_final_step_000006"], kept  # num_to_keep=1: older checkpoints pruned
     again = run(cfg)
@@ -125,13 +132,13 @@ def _my_train_workers():
 @pytest.mark.e2e
 def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, train_cfg):
     cfg = train_cfg("train.max_steps=16", "train.save_steps=4", "train.max_failures=1")
-    snapshot = os.path.join(cfg.checkpoint_dir, f"{cfg.name}-dpo", "checkpoint_manager_snapshot.json")
     killed = []
 
     def kill_after_first_checkpoint():
-        deadline = time.time() + 240
+        deadline = time.time() + 600
         while time.time() < deadline:
-            if os.path.exists(snapshot) and "dpo_step_" in open(snapshot).read():
+            snapshots = glob.glob(os.path.join(cfg.checkpoint_dir, f"{cfg.name}-dpo-*", "checkpoint_manager_snapshot.json"))
+            if snapshots and "dpo_step_" in open(snapshots[0]).read():
                 workers = _my_train_workers()
                 if workers:
                     workers[-1].send_signal(signal.SIGKILL)

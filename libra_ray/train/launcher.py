@@ -1,7 +1,8 @@
 """Driver side of stage 2: validate inputs, launch Ray Train `TorchTrainer`s (SFT, then DPO), publish the model.
 
 Layout (all under the run's storage, local or URI):
-  {checkpoint_dir}/{name}-sft, {name}-dpo   Ray Train runs (checkpoints, `num_to_keep`); rerun = resume
+  {checkpoint_dir}/{name}-{sft|dpo}-{hash}   Ray Train runs (checkpoints, `num_to_keep`); the hash is of
+                                             the train config + model + data: same command = resume
   {checkpoint_dir}/sft_model                 the SFT model DPO starts from (and refers to)
   {model_dir}                                the final consolidated HF model + libra_ray_train.json
 """
@@ -83,6 +84,14 @@ def _fingerprint(cfg: "PipelineConfig", model: str, dataset: str) -> dict:
     return {"model": model, "dataset": dataset, "train": cfg.train.model_dump(mode="json")}
 
 
+def run_name(cfg: "PipelineConfig", kind: str, fingerprint: dict) -> str:
+    """The Ray Train run name: same config -> same name -> resume; a changed config trains afresh."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.name}-{kind}-{digest}"
+
+
 def fit_stage(cfg: "PipelineConfig", kind: str, model: str, dataset: str, destination: str) -> dict:
     """One Ray Train run (`kind` "sft" or "dpo") that ends with the consolidated model copied to `destination`."""
     import ray.train
@@ -92,6 +101,7 @@ def fit_stage(cfg: "PipelineConfig", kind: str, model: str, dataset: str, destin
     from libra_ray.train.worker import FINAL_MARKER, MODEL_SUBDIR, train_loop_per_worker
 
     t = cfg.train
+    name = run_name(cfg, kind, _fingerprint(cfg, model, dataset))
     stage = {
         "learning_rate": t.sft.learning_rate if kind == "sft" else t.learning_rate,
         "max_steps": t.sft.max_steps if kind == "sft" else t.max_steps,
@@ -105,20 +115,20 @@ def fit_stage(cfg: "PipelineConfig", kind: str, model: str, dataset: str, destin
         train_loop_per_worker,
         train_loop_config={
             "kind": kind, "model": model, "dataset": dataset, "train": t.model_dump(mode="json"), "stage": stage,
-            "run_name": f"{cfg.name}-{kind}", "cache_dir": os.path.abspath(cfg.cache_dir),
+            "run_name": name, "cache_dir": os.path.abspath(cfg.cache_dir),
         },
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker=resources_per_worker),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=f"{cfg.name}-{kind}",
+            name=name,
             storage_path=cfg.checkpoint_dir,
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
             failure_config=FailureConfig(max_failures=t.max_failures),
         ),
     )
     print(f"[libra-ray] train/{kind}: {t.num_workers} workers, deepspeed={t.deepspeed or 'off'}, "
-          f"model={model}, checkpoints in {cfg.checkpoint_dir}/{cfg.name}-{kind}", flush=True)
+          f"model={model}, checkpoints in {join_uri(cfg.checkpoint_dir, name)}", flush=True)
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -148,6 +158,11 @@ def run(cfg: "PipelineConfig") -> dict:
         raise ConfigError(f"train.dataset: {table.num_rows} rows is fewer than one global batch "
                           f"({t.num_workers} workers x {t.per_device_batch_size})")
     load_deepspeed_config(t.deepspeed)  # a bad path or JSON fails here, not on a worker
+    if t.tracker:
+        import importlib.util
+
+        if importlib.util.find_spec(t.tracker) is None:
+            raise ConfigError(f"train.tracker: {t.tracker} is not installed (pip install {t.tracker}), or unset it")
     check_resources(cfg)
 
     fingerprint = _fingerprint(cfg, model, dataset)
