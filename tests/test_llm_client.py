@@ -100,12 +100,9 @@ def test_cache_makes_rerun_free(server, tmp_path):
 def test_chat_many_keeps_order_and_concurrency_limit():
     with TestOpenAIServer(latency_s=0.2) as srv:
         client = ChatClient(endpoint(max_concurrency=8), base_url=srv.base_url)
-        start = time.monotonic()
         out = client.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(32)])
-        elapsed = time.monotonic() - start
     assert [r.text for r in out] == [f"Answer to: q{i}" for i in range(32)]
-    assert srv.max_in_flight == 8
-    assert elapsed < 3.0  # 4 waves of 0.2 s; sequential would be 6.4 s
+    assert srv.max_in_flight == 8  # concurrent up to the limit, never beyond (throughput: benchmarks/)
 
 
 def test_sync_chat_works_inside_a_running_event_loop(server):

@@ -220,8 +220,15 @@ class TestOpenAIServer:
                 with self._lock:
                     self.in_flight -= 1
 
+        async def stats(_: Request):
+            """Counters and request times, for a server run in another process (benchmarks)."""
+            with self._lock:
+                return JSONResponse({"counts": dict(self.counts), "max_in_flight": self.max_in_flight,
+                                     "times": [e["t"] for e in self.log]})
+
         return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
-                                 Route("/v1/models", models, methods=["GET"])])
+                                 Route("/v1/models", models, methods=["GET"]),
+                                 Route("/_stats", stats, methods=["GET"])])
 
     def _record(self, messages: Any, params: Any, outcome: str) -> None:
         with self._lock:
@@ -253,3 +260,21 @@ def chat_log_messages(server: TestOpenAIServer) -> list[list[dict]]:
 
 
 __all__ = ["TestOpenAIServer", "echo_responder", "FAULTS", "chat_log_messages"]
+
+
+def serve_forever(port_file: str, **kwargs) -> None:
+    """Run a server until killed, writing its base URL to `port_file` (a process of its own, so a
+    benchmark's client does not share the server's GIL). `responder` may be given as "module:function"."""
+    import importlib
+    import os
+
+    responder = kwargs.pop("responder", None)
+    if isinstance(responder, str):
+        module, _, name = responder.partition(":")
+        responder = getattr(importlib.import_module(module), name)
+    with TestOpenAIServer(responder=responder, **kwargs) as server:
+        tmp = port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(server.base_url)
+        os.replace(tmp, port_file)
+        threading.Event().wait()
