@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
 from libra_ray.bench.judge import get_judge_prompt, judge_texts, refused_by_judge
 from libra_ray.bench.rules import rule_refused
 
@@ -85,7 +83,3 @@ def evaluate(rows: list[dict], bench: "BenchConfig", client: Any | None) -> list
         else:
             r["refused"], r["refused_source"] = bool(r["rule_refused"] or r["judge_refused"]), "rule_or_judge"
     return out
-
-
-def to_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows)
