@@ -29,9 +29,11 @@ def ray_local():
     """A real local Ray cluster (2 CPUs) for one test module; always shut down."""
     import ray
 
+    from libra_ray.runtime import init_local_ray
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, namespace="libra_ray_tests",
+    init_local_ray(num_cpus=2, include_dashboard=False, namespace="libra_ray_tests",
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     try:
         yield ray
