@@ -1,6 +1,7 @@
 """Training stage: config validation, DeepSpeed config selection, data reading and input errors (no Ray)."""
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -117,3 +118,17 @@ def test_run_name_resumes_same_config_and_separates_changed_ones():
     assert run_name(a, "dpo", _fingerprint(a, "m", "d")) != run_name(b, "dpo", _fingerprint(b, "m", "d"))
     assert run_name(a, "dpo", _fingerprint(a, "m", "d")) != run_name(a, "dpo", _fingerprint(a, "m", "other-data"))
     assert run_name(a, "sft", _fingerprint(a, "m", "d")).startswith("quickstart-sft-")
+
+
+def test_localize_downloads_a_uri_once(tmp_path):
+    from libra_ray.train.data import localize
+
+    src = tmp_path / "remote" / "model"
+    src.mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    assert localize(str(src), str(tmp_path / "cache")) == str(src)  # local paths are used in place
+    local = localize(f"file://{src}", str(tmp_path / "cache"))
+    assert open(os.path.join(local, "config.json")).read() == "{}"
+    (src / "config.json").write_text('{"changed": 1}')
+    assert localize(f"file://{src}", str(tmp_path / "cache")) == local
+    assert open(os.path.join(local, "config.json")).read() == "{}"  # cached, not fetched again

@@ -109,10 +109,15 @@ def localize(uri: str, cache_root: str) -> str:
         return uri
     import hashlib
 
+    import fcntl
+
     local = os.path.join(cache_root, hashlib.sha256(uri.encode()).hexdigest()[:16])
-    if not os.path.exists(os.path.join(local, ".complete")):
-        copy_tree(uri, local)
-        open(os.path.join(local, ".complete"), "w").close()
+    os.makedirs(cache_root, exist_ok=True)
+    with open(f"{local}.lock", "w") as lock:  # workers on one node download once, not over each other
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(local, ".complete")):
+            copy_tree(uri, local)
+            open(os.path.join(local, ".complete"), "w").close()
     return local
 
 
