@@ -28,6 +28,28 @@ pytestmark = pytest.mark.e2e
 PIPELINE_TIMEOUT_S = 600  # ~3-4 min idle; generous for a loaded CI machine
 
 
+# `ray start`, except that a new raylet gets up to 180 s (not Ray's hard-coded 30 s) to register with
+# the GCS: on a loaded 2-core machine registration alone can take longer, and the node start fails.
+PATIENT_RAY_START = """
+import sys, time
+import ray._private.services as services
+_get_node = services.get_node
+def get_node(*args, **kwargs):
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            return _get_node(*args, **kwargs)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+services.get_node = get_node
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())
+"""
+
+
 def _free_ports(n: int) -> list[int]:
     socks = []
     for _ in range(n):
@@ -64,6 +86,8 @@ class LocalCluster:
             "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
             "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
             "TORCH_EXTENSIONS_DIR": str(CACHE / "torch_extensions"),
+            # A raylet waits this long for its dashboard agent (a slow Python start on a loaded machine).
+            "RAY_agent_register_timeout_ms": "180000",
         })
         common = ["--block", "--node-ip-address", "127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=0",
                   "--object-store-memory", str(300 * 1024**2), "--temp-dir", self.temp_dir, "--disable-usage-stats"]
@@ -72,7 +96,7 @@ class LocalCluster:
         try:
             self._boot(gcs, dash, client, num_workers, common)
         except BaseException:
-            self.shutdown()
+            self.shutdown(keep_logs=True)
             raise
 
     def _boot(self, gcs: int, dash: int, client: int, num_workers: int, common: list[str]) -> None:
@@ -83,7 +107,7 @@ class LocalCluster:
             self._start_node([f"--address={self.gcs_address}", *_node_ports(), *common], nodes=2 + i)
 
     def _start_node(self, args: list[str], nodes: int) -> None:
-        # Ray gives a raylet a fixed 30 s to register with the GCS: on a loaded machine, try again.
+        # Belt and braces on a loaded machine: a node that still fails to start is tried again.
         for attempt in range(3):
             self._start(args)
             try:
@@ -96,8 +120,9 @@ class LocalCluster:
                 time.sleep(2)
 
     def _start(self, args: list[str]) -> None:
-        self.procs.append(subprocess.Popen([str(BIN / "ray"), "start", *args], env=self.env, stdout=self.log,
-                                           stderr=subprocess.STDOUT, start_new_session=True))
+        cmd = [sys.executable, "-c", PATIENT_RAY_START, "start", *args]
+        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
 
     def _alive_nodes(self) -> int:
         from ray.util.state import list_nodes
@@ -115,13 +140,13 @@ class LocalCluster:
             if ready():
                 return
             time.sleep(1)
-        raise TimeoutError(f"{what} not up after {timeout_s}s:\n{self._log_tail()}")
+        raise TimeoutError(f"{what} not up after {timeout_s}s (logs: {self.temp_dir}):\n{self._log_tail()}")
 
     def _log_tail(self) -> str:
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")[-3000:]
 
-    def shutdown(self) -> None:
+    def shutdown(self, keep_logs: bool = False) -> None:
         for proc in reversed(self.procs):  # workers first, then the head
             _kill_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10  # Ray's graceful stop is slow; then force it
@@ -138,7 +163,8 @@ class LocalCluster:
             except ProcessLookupError:
                 pass
         self.log.close()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if not keep_logs:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -228,11 +254,13 @@ def test_secret_passed_by_reference_is_never_echoed(cluster, tmp_path):
     sid = f"secret-{secrets.token_hex(4)}"
     proc = submit(cluster, "--stage", "preflight", "--config", "jobs/quickstart.yaml", "--submission-id", sid,
                   "--env-from", "LIBRA_RAY_TEST_KEY", "--set", "synth.teacher.api_key_env=LIBRA_RAY_TEST_KEY",
-                  "--set", f"storage={tmp_path / 'runs'}", env={"LIBRA_RAY_TEST_KEY": secret})
+                  "--set", f"storage=file://{tmp_path / 'runs'}",  # a pyarrow URI, as s3:// would be
+                  env={"LIBRA_RAY_TEST_KEY": secret})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = preflight_summary(proc.stdout)
     # The key reached every node (reported by name only) ...
     assert all(n["secrets_present"]["LIBRA_RAY_TEST_KEY"] for n in summary["nodes"])
+    assert summary["ok"] and len(list((tmp_path / "runs").rglob("preflight/*.json"))) == 2
     # ... and its value is in no output: submit's own, the job's logs, the files written.
     from ray.job_submission import JobSubmissionClient
 
