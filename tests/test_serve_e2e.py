@@ -192,8 +192,10 @@ def test_cli_serve_blocks_until_interrupted_then_shuts_down_cleanly(tmp_path):
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: _ok(f"http://127.0.0.1:{port}/health") or proc.poll() is not None, 240, "libra-ray serve",
-                  step=1)
+        # Ready = the CLI announced it (a Ctrl-C before that interrupts start-up instead: exit 130).
+        _wait_for(lambda: "[libra-ray] serving" in (tmp_path / "serve.log").read_text() or proc.poll() is not None,
+                  240, "libra-ray serve", step=1)
+        assert _ok(f"http://127.0.0.1:{port}/health")
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         out = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=1).chat.completions.create(
             model="policy", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
