@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per HTTP call would bury the progress bars (thousands of teacher/judge calls).
+    for noisy in ("httpx", "httpcore", "openai"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         cfg = load_config(None if getattr(args, "defaults", False) else args.config, args.overrides)
     except ConfigError as err:
@@ -125,7 +128,7 @@ def _dispatch(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     if cmd == "submit":
         from libra_ray.submit import submit_from_args
 
-        return submit_from_args(args)
+        return submit_from_args(args, cfg)
     if cmd == "serve":
         from libra_ray.runtime import ray_session
 

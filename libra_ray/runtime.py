@@ -23,6 +23,8 @@ WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    # Ray Train reroutes print() through its logger: every line twice, plus dill's bytecode dumps.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
 

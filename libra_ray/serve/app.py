@@ -457,9 +457,11 @@ def build_app(models: list[ServedModelConfig], cfg: ServeConfig):
             max_ongoing_requests=m.max_ongoing_requests,
             ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
             health_check_period_s=5,
+            logging_config={"enable_access_log": cfg.access_log},
         ).bind(m.model_dump())
     ingress = OpenAIIngress.options(
         name="ingress", num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        logging_config={"enable_access_log": cfg.access_log},
     )
     return ingress.bind(handles, {m.name: m.max_tokens_limit for m in models}, cfg.model_dump(), load_key_hashes(cfg))
 

@@ -91,6 +91,9 @@ class ServeConfig(StrictModel):
     guard_models: list[str] = Field(default_factory=lambda: ["policy"], description="served names screened")
     guard_refusal: str = "I can't help with that request."
     max_request_bytes: int = Field(default=1_000_000, ge=1024)
+    # Per-request access log lines of every replica (off for the embedded local endpoint: a synth run
+    # makes thousands of calls and the lines would bury its progress bar).
+    access_log: bool = True
 
     @field_validator("policy", "judge", mode="before")
     @classmethod

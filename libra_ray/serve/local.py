@@ -41,7 +41,7 @@ def local_openai_server(cfg: "PipelineConfig", models: dict[str, str]) -> Iterat
         type(m).model_validate(m.model_dump())
     serve_cfg = cfg.serve.model_copy(update={
         "api_keys_env": None, "api_keys_file": None, "guard": "off", "port": 0, "host": "127.0.0.1",
-        "ingress_num_cpus": 0.1, "ingress_replicas": 1,
+        "ingress_num_cpus": 0.1, "ingress_replicas": 1, "access_log": False,
     })
     name = f"libra-local-{uuid.uuid4().hex[:8]}"
     with running_app(served, serve_cfg, name=name, route_prefix=f"/{name}") as app:
