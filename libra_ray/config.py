@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from libra_ray._config_base import StrictModel
+from libra_ray._config_base import StrictModel, folder_name
 
 from libra_ray.bench.config import BenchConfig
 from libra_ray.serve.config import ServeConfig
@@ -78,12 +78,7 @@ class PipelineConfig(StrictModel):
     bench: BenchConfig = Field(default_factory=BenchConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, name: str) -> str:
-        if not name or any(c in name for c in "/\\ ") or name.startswith("."):
-            raise ValueError("must be a non-empty name without slashes, spaces or a leading dot")
-        return name
+    _folder_name = field_validator("name")(folder_name)
 
     # Run layout: one place that says where each stage reads and writes.
     @property

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from libra_ray._config_base import StrictModel
+from libra_ray._config_base import StrictModel, folder_name
 from libra_ray.llm.config import EndpointConfig
 
 JUDGE_PROMPT_IDS = ("synthesis_route_v1", "refusal_3class_v1", "utility_ref_v1")
@@ -26,12 +26,7 @@ class BenchModelConfig(StrictModel):
     # For engine "openai": the hosted endpoint (key from env by name).
     endpoint: EndpointConfig | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, name: str) -> str:
-        if not name or any(c in name for c in "/\\ ") or name.startswith("."):
-            raise ValueError("must be a non-empty name without slashes, spaces or a leading dot (it names a folder)")
-        return name
+    _folder_name = field_validator("name")(folder_name)
 
     @model_validator(mode="after")
     def _endpoint_for_openai(self) -> "BenchModelConfig":
