@@ -190,7 +190,8 @@ def test_cli_serve_blocks_until_interrupted_then_shuts_down_cleanly(tmp_path):
            "--set", f"cache_dir={CACHE}", "--set", "serve.policy.path=tiny", "--set", f"serve.port={port}",
            "--set", "ray.num_cpus=2", "--set", "serve.policy.num_cpus=0.25", "--set", "serve.judge.num_cpus=0.25"]
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_default_sigint)
     try:
         # Ready = the CLI announced it (a Ctrl-C before that interrupts start-up instead: exit 130).
         _wait_for(lambda: "[libra-ray] serving" in (tmp_path / "serve.log").read_text() or proc.poll() is not None,
@@ -227,3 +228,9 @@ def _processes_with(marker: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def _default_sigint() -> None:
+    """Child gets Python's normal Ctrl-C handling even when this runner ignores SIGINT (a shell's `cmd &`
+    makes SIGINT ignored, and ignored signals survive exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

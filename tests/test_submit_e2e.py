@@ -82,6 +82,7 @@ class LocalCluster:
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.env.update(self.auth)
         os.environ.update(self.auth)  # this process talks to the cluster too (state API, job client)
+        refresh_ray_auth()
         self.env.update({
             "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
             "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -202,6 +203,20 @@ def cluster():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        refresh_ray_auth()
+
+
+def refresh_ray_auth() -> None:
+    """Make this process use the auth settings now in os.environ.
+
+    Ray caches the auth mode and token per process on first use: after an earlier test module started a
+    local cluster (which loaded ~/.ray/auth_token), this cluster's private token would otherwise be ignored
+    and every state-API call answered 401.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def submit(cluster: LocalCluster, *args: str, env: dict | None = None, timeout: float = 300):

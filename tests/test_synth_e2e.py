@@ -60,7 +60,8 @@ def test_killed_cli_run_resumes_without_repeated_calls(tmp_path):
         for o in overrides:
             cmd += ["--set", o]
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_default_sigint)
         deadline = time.monotonic() + 240
         while server.counts["ok"] < n_seeds and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
@@ -105,3 +106,9 @@ def test_embedded_default_teacher_with_tiny_model(ray_local, pipeline_config, ti
     assert summary["teacher_requests"] == 3 * 12 and summary["train_rows"] > 0 and summary["test_rows"] > 0
     card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
     assert card["teacher"]["endpoint"] == "embedded local server" and card["teacher"]["this_run"]["prompt_tokens"] > 0
+
+
+def _default_sigint() -> None:
+    """Child gets Python's normal Ctrl-C handling even when this runner ignores SIGINT (a shell's `cmd &`
+    makes SIGINT ignored, and ignored signals survive exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
