@@ -282,7 +282,10 @@ def _write_splits(rows: list[dict], synth: "SynthConfig", dataset_dir: str) -> d
         ds = ray.data.from_items(part, override_num_blocks=blocks).flat_map(
             lambda r: [{k: v for k, v in t.items() if k != "split"} for t in combine(r, synth.combination)],
             num_cpus=0.1)
-        ds.write_parquet(join_uri(dataset_dir, split), max_rows_per_file=synth.rows_per_shard)
+        # A small CPU share like the flat_map: a default 1-CPU write task never fits on a 1-CPU node
+        # that also hosts the embedded teacher's Serve replicas (a deadlock on small clusters).
+        ds.write_parquet(join_uri(dataset_dir, split), max_rows_per_file=synth.rows_per_shard,
+                         ray_remote_args={"num_cpus": 0.1})
     return counts
 
 
