@@ -91,7 +91,7 @@ class LocalCluster:
             "RAY_agent_register_timeout_ms": "180000",
         })
         common = ["--block", "--node-ip-address", "127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=0",
-                  "--object-store-memory", str(300 * 1024**2), "--temp-dir", self.temp_dir, "--disable-usage-stats"]
+                  "--object-store-memory", str(300 * 1024**2), "--disable-usage-stats"]
         self.procs: list[subprocess.Popen] = []
         self.log = open(os.path.join(self.temp_dir, "ray-start.log"), "w")
         try:
@@ -101,11 +101,14 @@ class LocalCluster:
             raise
 
     def _boot(self, gcs: int, dash: int, client: int, num_workers: int, common: list[str]) -> None:
+        # One temp dir per node, as on real machines: nodes sharing one would unpack each job's working_dir
+        # into the same folder, and a driver importing from it sees files vanish (flaky ImportErrors).
         self._start_node(["--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                          f"--dashboard-port={dash}", f"--ray-client-server-port={client}", *_node_ports(), *common],
-                         nodes=1)
+                          f"--dashboard-port={dash}", f"--ray-client-server-port={client}", *_node_ports(), *common,
+                          "--temp-dir", os.path.join(self.temp_dir, "n0")], nodes=1)
         for i in range(num_workers):
-            self._start_node([f"--address={self.gcs_address}", *_node_ports(), *common], nodes=2 + i)
+            self._start_node([f"--address={self.gcs_address}", *_node_ports(), *common,
+                              "--temp-dir", os.path.join(self.temp_dir, f"n{i + 1}")], nodes=2 + i)
 
     def _start_node(self, args: list[str], nodes: int) -> None:
         # Belt and braces on a loaded machine: a node that still fails to start is tried again.
