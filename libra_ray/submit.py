@@ -1,7 +1,8 @@
 """`libra-ray submit`: run a libra-ray command as a Ray Job through the Job Submission API.
 
-The job's runtime_env ships the working tree and passes secrets *by name*: `--env-from NAME` copies
-the submitter's environment variable into the job at submit time (never written to a file or log).
+The job's runtime_env ships the working tree and passes secrets *by name*: `--env-from NAME` sends the
+submitter's environment variable with the job as a private credentials package (see
+`libra_ray.credentials`), never as a runtime_env env var, which Ray would show and log.
 
 `python -m libra_ray.submit preflight --config X` is itself a Ray Job entrypoint: it runs one task on
 every alive node and checks that each node can write the run's storage and that the driver sees it
@@ -17,10 +18,13 @@ import os
 import shlex
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
+
+from libra_ray.credentials import CREDENTIALS_PACKAGE, has_credential, write_credentials_package
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # Never shipped to the cluster: environments, VCS data, run outputs, caches, test debris.
@@ -41,7 +45,8 @@ def add_submit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--working-dir", help="folder shipped to the cluster (default: the runtime_env's, else ., "
                                           "else nothing when the runtime_env names an image_uri)")
     p.add_argument("--env-from", action="append", default=[], metavar="NAME",
-                   help="pass this environment variable of yours into the job (repeatable), e.g. OPENAI_API_KEY")
+                   help="send this environment variable of yours (an API key) with the job, as a private "
+                        "package, not an env var Ray would show (repeatable), e.g. OPENAI_API_KEY")
     p.add_argument("--entrypoint-num-cpus", type=float, default=0.0,
                    help="CPUs reserved for the driver (default 0: it only coordinates)")
     p.add_argument("--submission-id", help="job id to use (default: generated)")
@@ -88,8 +93,12 @@ def job_config_path(config: str | None, working_dir: str | None) -> str | None:
     return rel.as_posix()
 
 
-def build_runtime_env(args: argparse.Namespace) -> dict:
-    """runtime_env = --runtime-env YAML + working_dir (with excludes) + --env-from variables."""
+def build_runtime_env(args: argparse.Namespace, credentials_dir: Path | None = None) -> dict:
+    """runtime_env = --runtime-env YAML + working_dir (with excludes) + --env-from credentials.
+
+    --env-from values are written under `credentials_dir` (a temporary folder that must outlive the
+    upload in `submit_job`) and shipped as a py_modules package.
+    """
     env: dict = {}
     if args.runtime_env:
         path = Path(args.runtime_env)
@@ -108,21 +117,32 @@ def build_runtime_env(args: argparse.Namespace) -> dict:
         env["working_dir"] = "."  # ship this tree, unless the code comes in an image
     if env.get("working_dir") and "excludes" not in env:
         env["excludes"] = DEFAULT_EXCLUDES
-    env_vars = {str(k): str(v) for k, v in (env.get("env_vars") or {}).items()}
-    for name in args.env_from:
-        if name not in os.environ:
-            raise SubmitError(f"--env-from {name}: not set in your environment")
-        env_vars[name] = os.environ[name]
-    if env_vars:
-        env["env_vars"] = env_vars
+    if env.get("env_vars"):  # Ray wants strings; YAML gives ints and bools too
+        env["env_vars"] = {str(k): str(v) for k, v in env["env_vars"].items()}
+    missing = [name for name in args.env_from if not os.environ.get(name)]
+    if missing:
+        raise SubmitError(f"--env-from {', '.join(missing)}: not set in your environment")
+    if args.env_from:
+        if credentials_dir is None:
+            raise SubmitError("--env-from needs a folder for the credentials package")
+        try:
+            package = write_credentials_package(credentials_dir, {n: os.environ[n] for n in args.env_from})
+        except ValueError as err:
+            raise SubmitError(f"--env-from: {err}") from None
+        env["py_modules"] = [*env.get("py_modules", []), str(package)]
     return env
 
 
-def describe_runtime_env(env: dict) -> str:
-    """One log line about the runtime_env that names env vars but never shows their values."""
-    shown = {k: v for k, v in env.items() if k not in ("env_vars", "excludes")}
+def describe_runtime_env(env: dict, credential_names: list[str] = ()) -> str:
+    """One log line about the runtime_env: env var names only, credentials by name, no temp paths."""
+    shown = {k: v for k, v in env.items() if k not in ("env_vars", "excludes", "py_modules")}
     if env.get("env_vars"):
         shown["env_vars"] = sorted(env["env_vars"])
+    modules = [m for m in env.get("py_modules", []) if not str(m).endswith(CREDENTIALS_PACKAGE)]
+    if modules:
+        shown["py_modules"] = modules
+    if credential_names:
+        shown["credentials"] = sorted(credential_names)
     return json.dumps(shown, sort_keys=True)
 
 
@@ -198,28 +218,29 @@ def _submit(args: argparse.Namespace, cfg) -> int:
     if args.stop or args.status or args.attach:
         return _manage(args)
     # Everything that can be checked locally is checked before contacting the cluster.
-    runtime_env = build_runtime_env(args)
-    config = job_config_path(args.config, runtime_env.get("working_dir"))
-    entrypoint = build_entrypoint(args.stage, config, args.overrides)
-    if cfg is None:  # the CLI validated the config already; reload it for the storage check
-        from libra_ray.config import load_config
+    with tempfile.TemporaryDirectory(prefix="libra-ray-submit-") as credentials_dir:
+        runtime_env = build_runtime_env(args, Path(credentials_dir))
+        config = job_config_path(args.config, runtime_env.get("working_dir"))
+        entrypoint = build_entrypoint(args.stage, config, args.overrides)
+        if cfg is None:  # the CLI validated the config already; reload it for the storage check
+            from libra_ray.config import load_config
 
-        cfg = load_config(args.config, args.overrides)
-    warning = storage_warning(cfg)
-    if warning:
-        print(f"[libra-ray submit] warning: {warning}", file=sys.stderr)
-    client = _client(args.address)
-    try:
-        job_id = client.submit_job(
-            entrypoint=entrypoint,
-            runtime_env=runtime_env,
-            submission_id=args.submission_id,
-            entrypoint_num_cpus=args.entrypoint_num_cpus,
-        )
-    except RuntimeError as err:  # e.g. a submission id already in use
-        raise SubmitError(str(err)) from None
+            cfg = load_config(args.config, args.overrides)
+        warning = storage_warning(cfg)
+        if warning:
+            print(f"[libra-ray submit] warning: {warning}", file=sys.stderr)
+        client = _client(args.address)
+        try:  # submit_job uploads the packages (credentials too); after it the folder may go
+            job_id = client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                submission_id=args.submission_id,
+                entrypoint_num_cpus=args.entrypoint_num_cpus,
+            )
+        except RuntimeError as err:  # e.g. a submission id already in use
+            raise SubmitError(str(err)) from None
     print(f"[libra-ray submit] job {job_id}: {entrypoint}", flush=True)
-    print(f"[libra-ray submit] runtime_env: {describe_runtime_env(runtime_env)}", flush=True)
+    print(f"[libra-ray submit] runtime_env: {describe_runtime_env(runtime_env, args.env_from)}", flush=True)
     if args.no_wait:
         print(job_id)
         return 0
@@ -265,7 +286,7 @@ def _probe(run_dir: str, secret_names: list[str]) -> dict:
     uri = join_uri(run_dir, "preflight", f"{node_id}.json")
     info = {"node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid(),
             "ip": ray.util.get_node_ip_address(), "marker": uri,
-            "secrets_present": {name: bool(os.environ.get(name)) for name in secret_names}}
+            "secrets_present": {name: has_credential(name) for name in secret_names}}
     try:
         filesystem, path = pafs.FileSystem.from_uri(uri)
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -304,7 +325,8 @@ def preflight(cfg) -> dict:
             problems.append(f"the driver cannot read {info['marker']} written by node {info['node_id'][:12]}: {err} "
                             "(storage is not shared between nodes)")
     return {"storage": cfg.run_dir, "num_nodes": len(nodes), "nodes": results, "ok": not problems,
-            "problems": problems}
+            "problems": problems,
+            "driver_secrets_present": {name: has_credential(name) for name in secret_env_names(cfg)}}
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -326,6 +348,8 @@ def _main(argv: list[str] | None = None) -> int:
         keys = ", ".join(f"{k}={'set' if v else 'missing'}" for k, v in node["secrets_present"].items())
         print(f"[preflight] node {node['node_id'][:12]} ({node['ip']}, {node['hostname']}): "
               f"storage write {node['write']}; api keys: {keys or 'none needed'}")
+    keys = ", ".join(f"{k}={'set' if v else 'missing'}" for k, v in summary["driver_secrets_present"].items())
+    print(f"[preflight] driver: api keys: {keys or 'none needed'}")
     print(json.dumps(summary))  # last line: machine-readable
     for problem in summary["problems"]:
         print(f"libra-ray preflight: {problem}", file=sys.stderr)

@@ -276,18 +276,24 @@ def test_secret_passed_by_reference_is_never_echoed(cluster, tmp_path):
                   env={"LIBRA_RAY_TEST_KEY": secret})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = preflight_summary(proc.stdout)
-    # The key reached every node (reported by name only) ...
+    # The key reached the driver and every node (reported by name only) ...
     assert all(n["secrets_present"]["LIBRA_RAY_TEST_KEY"] for n in summary["nodes"])
+    assert summary["driver_secrets_present"]["LIBRA_RAY_TEST_KEY"] is True
     assert summary["ok"] and len(list((tmp_path / "runs").rglob("preflight/*.json"))) == 2
-    # ... and its value is in no output: submit's own, the job's logs, the files written.
+    # ... and its value is in no output: submit's own, the job's info and logs, the files written, and
+    # no log of any Ray node (Ray logs runtime_envs, which is why the key is not an env var there).
     from ray.job_submission import JobSubmissionClient
 
     assert secret not in proc.stdout + proc.stderr
     assert "LIBRA_RAY_TEST_KEY" in proc.stdout  # the runtime_env line names it
-    assert secret not in JobSubmissionClient(cluster.dashboard).get_job_logs(sid)
-    for path in (tmp_path / "runs").rglob("*"):
-        if path.is_file():
-            assert secret not in path.read_text(errors="replace")
+    client = JobSubmissionClient(cluster.dashboard)
+    assert secret not in client.get_job_logs(sid)
+    assert secret not in json.dumps(client.get_job_info(sid).runtime_env)
+    node_logs = [p for p in Path(cluster.temp_dir).glob("n*/session_*/logs/**/*") if p.is_file()]
+    assert node_logs
+    files = node_logs + [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    leaked = [str(p) for p in files if secret in p.read_text(errors="replace")]
+    assert not leaked
 
 
 def test_no_wait_attach_status_and_stop(cluster):

@@ -12,6 +12,7 @@ import pytest
 
 from libra_ray import submit as sub
 from libra_ray.cli import main
+from libra_ray.credentials import CREDENTIALS_PACKAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,12 +54,34 @@ def test_runtime_env_merges_file_working_dir_and_env_from(tmp_path, monkeypatch)
     env_file = tmp_path / "env.yaml"
     env_file.write_text("pip: [rich]\nenv_vars:\n  HF_HUB_OFFLINE: 1\n")
     monkeypatch.setenv("LIBRA_TEST_KEY", "sk-secret-value")
-    env = sub.build_runtime_env(_args(runtime_env=str(env_file), env_from=["LIBRA_TEST_KEY"]))
+    env = sub.build_runtime_env(_args(runtime_env=str(env_file), env_from=["LIBRA_TEST_KEY"]), tmp_path / "upload-folder")
     assert env["pip"] == ["rich"] and env["working_dir"] == "."
     assert ".venv" in env["excludes"] and "runs" in env["excludes"]
-    assert env["env_vars"] == {"HF_HUB_OFFLINE": "1", "LIBRA_TEST_KEY": "sk-secret-value"}
-    shown = sub.describe_runtime_env(env)
-    assert "LIBRA_TEST_KEY" in shown and "sk-secret-value" not in shown
+    # The key is not an env var of the job (Ray shows and logs those) but a private package of it.
+    assert env["env_vars"] == {"HF_HUB_OFFLINE": "1"}
+    assert "sk-secret-value" not in repr(env)
+    (package,) = env["py_modules"]
+    assert Path(package).name == CREDENTIALS_PACKAGE
+    assert (Path(package) / "LIBRA_TEST_KEY.secret").stat().st_mode & 0o077 == 0  # owner-only
+    shown = sub.describe_runtime_env(env, ["LIBRA_TEST_KEY"])
+    assert "LIBRA_TEST_KEY" in shown and "sk-secret-value" not in shown and "upload-folder" not in shown
+
+
+def test_shipped_credentials_are_found_by_name(tmp_path, monkeypatch):
+    from libra_ray import credentials
+
+    credentials.write_credentials_package(tmp_path, {"LIBRA_SHIPPED_KEY": "sk-shipped"})
+    monkeypatch.syspath_prepend(str(tmp_path))  # as Ray puts a job's py_modules on its workers' path
+    credentials._shipped_credentials.cache_clear()
+    try:
+        assert credentials.get_credential("LIBRA_SHIPPED_KEY") == "sk-shipped"
+        monkeypatch.setenv("LIBRA_SHIPPED_KEY", "sk-from-env")  # the node's own environment wins
+        assert credentials.get_credential("LIBRA_SHIPPED_KEY") == "sk-from-env"
+        assert credentials.get_credential("LIBRA_NOT_SHIPPED") is None and credentials.get_credential(None) is None
+    finally:
+        credentials._shipped_credentials.cache_clear()
+    with pytest.raises(ValueError, match="not an environment variable name"):
+        credentials.write_credentials_package(tmp_path / "other", {"../x": "v"})
 
 
 def test_working_dir_default_follows_the_runtime_env(tmp_path):

@@ -11,7 +11,7 @@
 - Budgeted: an optional limiter (`libra_ray.llm.ratelimit`) spaces requests to a requests/tokens per
   minute budget, cluster-wide when it is the Ray-actor one.
 
-The API key is read from the environment variable `endpoint.api_key_env` at call time; it is only
+The API key named by `endpoint.api_key_env` is looked up at call time (`libra_ray.credentials`); it is only
 ever put in the Authorization header, never in results, caches, logs or errors.
 """
 
@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
+
+from libra_ray.credentials import get_credential
 
 if TYPE_CHECKING:
     import httpx
@@ -229,7 +231,7 @@ class ChatClient:
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.endpoint.api_key_env) if self.endpoint.api_key_env else None
+        key = get_credential(self.endpoint.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers

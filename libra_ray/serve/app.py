@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
+from libra_ray.credentials import get_credential
 from libra_ray.serve.config import ServeConfig, ServedModelConfig
 from libra_ray.serve.engines import GenParams, RequestError, params_from_request
 
@@ -119,7 +120,7 @@ def load_key_hashes(cfg: ServeConfig) -> list[str]:
         return []
     keys: list[str] = []
     if cfg.api_keys_env:
-        keys += [k.strip() for k in os.environ.get(cfg.api_keys_env, "").split(",") if k.strip()]
+        keys += [k.strip() for k in (get_credential(cfg.api_keys_env) or "").split(",") if k.strip()]
     if cfg.api_keys_file:
         path = Path(cfg.api_keys_file).expanduser()
         if not path.is_file():
