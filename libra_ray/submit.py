@@ -122,6 +122,10 @@ def build_runtime_env(args: argparse.Namespace, credentials_dir: Path | None = N
     missing = [name for name in args.env_from if not os.environ.get(name)]
     if missing:
         raise SubmitError(f"--env-from {', '.join(missing)}: not set in your environment")
+    if args.env_from and "image_uri" in env:
+        raise SubmitError(f"--env-from {', '.join(args.env_from)} cannot ship with an image_uri runtime_env: Ray allows "
+                          "only env_vars beside image_uri, and it shows and logs those. Set the key on the nodes "
+                          "instead (KubeRay secretKeyRef, the VMs' environment); the config names it by api_key_env")
     if args.env_from:
         if credentials_dir is None:
             raise SubmitError("--env-from needs a folder for the credentials package")

@@ -90,6 +90,8 @@ def test_working_dir_default_follows_the_runtime_env(tmp_path):
     assert "working_dir" not in sub.build_runtime_env(_args(runtime_env=str(image)))  # code is in the image
     assert sub.build_runtime_env(_args(runtime_env=str(image), working_dir="src"))["working_dir"] == "src"
     assert sub.build_runtime_env(_args(runtime_env=str(ROOT / "jobs/runtime_env/local.yaml")))["working_dir"] == "."
+    with pytest.raises(sub.SubmitError, match="cannot ship with an image_uri"):  # Ray: image_uri + env_vars only
+        sub.build_runtime_env(_args(runtime_env=str(image), env_from=["HOME"]), tmp_path)
 
 
 @pytest.mark.parametrize("content,match", [(None, "no such file"), ("- a\n- b\n", "mapping"), ("a: [\n", "not valid YAML")])
