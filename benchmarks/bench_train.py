@@ -136,7 +136,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny model, 6 steps, no offload mode (< ~4 min here)")
+    parser.add_argument("--quick", action="store_true", help="tiny model, 6 steps (a few minutes here)")
     parser.add_argument("--model", default="tiny", help="'tiny', a hub id or a local folder")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=None)
     parser.add_argument("--workers", type=int, default=2)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--baseline-child", help=argparse.SUPPRESS)  # internal: run the baseline, write JSON here
     args = parser.parse_args(argv)
-    args.modes = args.modes or (["none", "zero2", "zero3"] if args.quick else MODES)
+    args.modes = args.modes or MODES
     args.steps = args.steps or (6 if args.quick else 20)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(args.cache_dir).absolute() / "torch_extensions"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
