@@ -59,7 +59,10 @@ def test_500_and_timeouts_retry_then_fail_without_raising(server):
 def test_malformed_and_validation_are_retried_then_reported(server):
     server.inject("malformed", "empty")
     client = ChatClient(endpoint(), base_url=server.base_url)
-    assert client.chat(MSG).ok and client.stats.malformed == 2
+    res = client.chat(MSG)
+    assert res.ok and client.stats.malformed == 2
+    # The result carries every token billed for it, the malformed attempts' included.
+    assert (res.prompt_tokens, res.completion_tokens) == (client.stats.prompt_tokens, client.stats.completion_tokens)
     bad = ChatClient(endpoint(max_malformed_retries=1), base_url=server.base_url)
     res = bad.chat(MSG, validate=lambda text: "contains 'Answer'" if "Answer" in text else None)
     assert res.error == "malformed output: contains 'Answer'" and bad.stats.requests == 2
@@ -134,10 +137,13 @@ def test_malformed_answers_are_cached_as_failures(tmp_path):
     with TestOpenAIServer(responder=lambda m, p: "not a list") as srv:
         check = lambda text: None if text.startswith("[") else "not a JSON list"  # noqa: E731
         first = ChatClient(endpoint(max_malformed_retries=1), base_url=srv.base_url, cache_dir=str(tmp_path))
-        assert first.chat(MSG, validate=check).error == "malformed output: not a JSON list"
-        assert srv.request_count == 2
+        res = first.chat(MSG, validate=check)
+        assert res.error == "malformed output: not a JSON list" and srv.request_count == 2
+        # Paid for, though unusable: both attempts' tokens are reported (datasets count their cost) ...
+        assert res.prompt_tokens == first.stats.prompt_tokens > 0 and res.completion_tokens == first.stats.completion_tokens > 0
         again = ChatClient(endpoint(max_malformed_retries=1), base_url=srv.base_url, cache_dir=str(tmp_path))
         res = again.chat(MSG, validate=check)
         assert res.cached and res.error == "malformed output: not a JSON list" and srv.request_count == 2
+        assert res.prompt_tokens == first.stats.prompt_tokens  # ... and again from the cache, not paid again
         # A looser validator accepts the stored answer without a new call.
         assert again.chat(MSG, validate=lambda text: None).text == "not a list" and srv.request_count == 2

@@ -47,7 +47,7 @@ _RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 class ChatResult:
     text: str | None  # final answer content (None on error)
     reasoning: str | None  # `reasoning_content` if the server returned one
-    prompt_tokens: int
+    prompt_tokens: int  # billed over all attempts of this call, malformed answers included
     completion_tokens: int
     cached: bool  # served from the content-addressed cache
     error: str | None  # None on success; a short message otherwise
@@ -264,7 +264,8 @@ class ChatClient:
                 if entry.get("invalid") and not passes:
                     # A paid answer that stayed malformed after retries: reported again, not paid again.
                     self.stats.add(calls=1, cache_hits=1, errors=1)
-                    return ChatResult(text=None, reasoning=None, prompt_tokens=0, completion_tokens=0, cached=True,
+                    return ChatResult(text=None, reasoning=None, prompt_tokens=entry.get("prompt_tokens", 0),
+                                      completion_tokens=entry.get("completion_tokens", 0), cached=True,
                                       error=f"malformed output: {entry['invalid']}", raw=None)
                 if passes:
                     self.stats.add(calls=1, cache_hits=1)
@@ -277,6 +278,7 @@ class ChatClient:
         url = f"{self.base_url}/chat/completions"
         failures = 0  # transport/HTTP failures so far
         malformed = 0
+        spent = [0, 0]  # tokens billed over all attempts (malformed answers are paid for too)
         error = "no attempt made"
         while True:
             estimate = await self._wait_budget(messages, params.get("max_tokens", self.endpoint.max_tokens))
@@ -292,9 +294,11 @@ class ChatClient:
                 self.stats.add(timeouts=1)
             else:
                 if resp.status_code == 200:
-                    result, problem, text = self._parse(resp, validate)
+                    result, problem, text, usage = self._parse(resp, validate)
+                    spent = [spent[0] + usage[0], spent[1] + usage[1]]
+                    self._settle(estimate, sum(usage))
                     if result is not None:
-                        self._settle(estimate, result)
+                        result.prompt_tokens, result.completion_tokens = spent
                         self.stats.add(calls=1)
                         if self.cache is not None:
                             self.cache.put(key, {"text": result.text, "reasoning": result.reasoning,
@@ -306,8 +310,9 @@ class ChatClient:
                     error = f"malformed output: {problem}"
                     if malformed > self.endpoint.max_malformed_retries:
                         if self.cache is not None:  # remember the paid, unusable answer: a re-run won't re-ask
-                            self.cache.put(key, {"text": text or "", "invalid": problem, "raw": None})
-                        return self._fail(error)
+                            self.cache.put(key, {"text": text or "", "invalid": problem, "raw": None,
+                                                 "prompt_tokens": spent[0], "completion_tokens": spent[1]})
+                        return self._fail(error, spent)
                     self.stats.add(retries=1)
                     continue
                 error = f"HTTP {resp.status_code}: {_short(resp.text)}"
@@ -318,44 +323,44 @@ class ChatClient:
                 elif retryable:
                     self.stats.add(server_errors=1)
             if not retryable or failures >= self.endpoint.max_retries:
-                return self._fail(error)
+                return self._fail(error, spent)
             # The server's Retry-After wins over our backoff (capped at 10 min against a broken header).
             delay = self._backoff(failures) if wait is None else min(wait, 600.0) + random.uniform(0, 0.05)
             failures += 1
             self.stats.add(retries=1)
             await asyncio.sleep(delay)
 
-    def _parse(self, resp: "httpx.Response", validate: Validator | None) -> tuple[ChatResult | None, str, str | None]:
-        """(result, "", text) for a usable answer, else (None, problem, text-if-any)."""
+    def _parse(self, resp: "httpx.Response", validate: Validator | None
+               ) -> tuple[ChatResult | None, str, str | None, tuple[int, int]]:
+        """(result, "", text, usage) for a usable answer, else (None, problem, text-if-any, usage);
+        usage = (prompt, completion) tokens the server billed for this answer."""
         try:
             data = resp.json()
             message = data["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError):
-            return None, "response is not a chat completion JSON", None
+            return None, "response is not a chat completion JSON", None, (0, 0)
         text = message.get("content")
         reasoning = message.get("reasoning_content") or message.get("reasoning")
-        usage = data.get("usage") or {}
-        self.stats.add(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                       completion_tokens=int(usage.get("completion_tokens") or 0))
+        raw_usage = data.get("usage") or {}
+        usage = (int(raw_usage.get("prompt_tokens") or 0), int(raw_usage.get("completion_tokens") or 0))
+        self.stats.add(prompt_tokens=usage[0], completion_tokens=usage[1])
         if not isinstance(text, str) or not text.strip():
-            return None, "empty content", None
+            return None, "empty content", None, usage
         if validate is not None:
             problem = validate(text)
             if problem:
-                return None, problem, text
-        return ChatResult(text=text, reasoning=reasoning, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                          completion_tokens=int(usage.get("completion_tokens") or 0), cached=False, error=None,
-                          raw=data), "", text
+                return None, problem, text, usage
+        return ChatResult(text=text, reasoning=reasoning, prompt_tokens=usage[0], completion_tokens=usage[1],
+                          cached=False, error=None, raw=data), "", text, usage
 
-    def _settle(self, estimate: int, result: ChatResult) -> None:
-        if self.limiter is not None and estimate:
-            actual = result.prompt_tokens + result.completion_tokens
-            if actual:
-                self.limiter.settle(actual - estimate)
+    def _settle(self, estimate: int, actual: int) -> None:
+        """Correct the budget's token estimate with what the server billed (malformed answers too)."""
+        if self.limiter is not None and estimate and actual:
+            self.limiter.settle(actual - estimate)
 
-    def _fail(self, error: str) -> ChatResult:
+    def _fail(self, error: str, spent: list[int]) -> ChatResult:
         self.stats.add(calls=1, errors=1)
-        return ChatResult(text=None, reasoning=None, prompt_tokens=0, completion_tokens=0, cached=False,
+        return ChatResult(text=None, reasoning=None, prompt_tokens=spent[0], completion_tokens=spent[1], cached=False,
                           error=error, raw=None)
 
 

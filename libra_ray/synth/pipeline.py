@@ -146,7 +146,7 @@ class TeacherStage:
         for (i, part, _, _), res in zip(calls, results):
             row = out[i]
             row["teacher_calls"] += 1
-            row["prompt_tokens"] += res.prompt_tokens  # what the data cost, cached or not
+            row["prompt_tokens"] += res.prompt_tokens  # what the data cost (cached or not, malformed answers too)
             row["completion_tokens"] += res.completion_tokens
             if not res.ok:
                 row["error"] += f"{'; ' if row['error'] else ''}{part}: {res.error}"
@@ -311,7 +311,7 @@ def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url
     return {
         "name": f"libra_ray LibraChemQA-style preference data ({cfg.name})",
         "prompt_version": P.PROMPT_VERSION,
-        # Dataset totals (tokens of every answer used, cached or not) and what this run sent.
+        # Dataset totals (tokens billed for every call, cached or not, malformed too) and what this run sent.
         "teacher": {"model": teacher.model, "endpoint": "embedded local server" if not teacher.base_url else _host(base_url),
                     "calls": sum(r["teacher_calls"] for r in rows), **tokens, "cost_usd": round(cost, 6),
                     "this_run": this_run},
