@@ -20,6 +20,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -137,7 +138,7 @@ def build_runtime_env(args: argparse.Namespace, credentials_dir: Path | None = N
     return env
 
 
-def describe_runtime_env(env: dict, credential_names: list[str] = ()) -> str:
+def describe_runtime_env(env: dict, credential_names: Sequence[str] = ()) -> str:
     """One log line about the runtime_env: env var names only, credentials by name, no temp paths."""
     shown = {k: v for k, v in env.items() if k not in ("env_vars", "excludes", "py_modules")}
     if env.get("env_vars"):
@@ -233,6 +234,7 @@ def _submit(args: argparse.Namespace, cfg) -> int:
         warning = storage_warning(cfg)
         if warning:
             print(f"[libra-ray submit] warning: {warning}", file=sys.stderr)
+        described = describe_runtime_env(runtime_env, args.env_from)  # submit_job rewrites paths to URIs
         client = _client(args.address)
         try:  # submit_job uploads the packages (credentials too); after it the folder may go
             job_id = client.submit_job(
@@ -244,7 +246,7 @@ def _submit(args: argparse.Namespace, cfg) -> int:
         except RuntimeError as err:  # e.g. a submission id already in use
             raise SubmitError(str(err)) from None
     print(f"[libra-ray submit] job {job_id}: {entrypoint}", flush=True)
-    print(f"[libra-ray submit] runtime_env: {describe_runtime_env(runtime_env, args.env_from)}", flush=True)
+    print(f"[libra-ray submit] runtime_env: {described}", flush=True)
     if args.no_wait:
         print(job_id)
         return 0
