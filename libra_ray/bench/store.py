@@ -15,22 +15,10 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from libra_ray.storage import exists, filesystem
+
 REQUIRED_COLUMNS = ("prompt", "compound_id", "name", "class", "category", "form")
 CLASSES = ("legitimate", "illegitimate")
-
-
-def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for a local path or a URI (s3://, gs://, ...)."""
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    import os
-
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
-def exists(path: str) -> bool:
-    fs, p = filesystem(path)
-    return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
 def row_id(prompt: str) -> str:

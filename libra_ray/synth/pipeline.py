@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from libra_ray.config import join_uri
 from libra_ray.seeds import load_catalogue, make_seeds, sample_compounds
+from libra_ray.storage import filesystem
 from libra_ray.synth import prompts as P
 from libra_ray.synth.safety import actionable_reasons
 
@@ -251,14 +252,6 @@ def _collect_with_progress(ds, total: int, enabled: bool) -> list[dict]:
     return rows
 
 
-def _fs_and_path(uri: str):
-    import pyarrow.fs as pafs
-
-    if "://" in uri and not uri.startswith("file://"):
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), uri.removeprefix("file://")
-
-
 def _write_splits(rows: list[dict], synth: "SynthConfig", dataset_dir: str) -> dict:
     """Phase 3 on Ray Data: per split, flat_map the seeds into triplets and write fresh Parquet shards
     to {dataset_dir}/{split} (replacing an older run's). Returns the counts per split (computed from
@@ -266,7 +259,7 @@ def _write_splits(rows: list[dict], synth: "SynthConfig", dataset_dir: str) -> d
     import pyarrow.fs as pafs
     import ray
 
-    fs, base = _fs_and_path(dataset_dir)
+    fs, base = filesystem(dataset_dir)
     counts = {}
     for split in ("train", "test"):
         path = f"{base}/{split}"
@@ -339,7 +332,7 @@ def _host(url: str) -> str:
 
 
 def write_card(dataset_dir: str, card: dict) -> None:
-    fs, base = _fs_and_path(dataset_dir)
+    fs, base = filesystem(dataset_dir)
     fs.create_dir(base, recursive=True)
     with fs.open_output_stream(f"{base}/card.json") as f:
         f.write(json.dumps(card, indent=2).encode())

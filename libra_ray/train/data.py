@@ -12,6 +12,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 from libra_ray.config import ConfigError, join_uri
+from libra_ray.storage import filesystem
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -26,15 +27,6 @@ def train_split_uri(cfg: "PipelineConfig") -> str:
     return cfg.train.dataset or join_uri(cfg.dataset_dir, "train")
 
 
-def _filesystem(uri: str):
-    """(pyarrow filesystem, path inside it) for a local path or a URI such as s3://bucket/key."""
-    from pyarrow import fs
-
-    if "://" in uri:
-        return fs.FileSystem.from_uri(uri)
-    return fs.LocalFileSystem(), os.path.abspath(uri)
-
-
 def read_train_table(uri: str) -> "pa.Table":
     """Read and validate the train split: required string columns present, at least one row.
 
@@ -44,11 +36,11 @@ def read_train_table(uri: str) -> "pa.Table":
     import pyarrow.dataset as ds
     from pyarrow import fs as pafs
 
-    filesystem, path = _filesystem(uri)
-    info = filesystem.get_file_info(path)
+    store_fs, path = filesystem(uri)
+    info = store_fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise ConfigError(f"train.dataset: {uri} does not exist (run `libra-ray synth` first, or set train.dataset)")
-    dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
+    dataset = ds.dataset(path, filesystem=store_fs, format="parquet")
     missing = [c for c in REQUIRED_COLUMNS if c not in dataset.schema.names]
     if missing:
         raise ConfigError(f"train.dataset: {uri} lacks required column(s) {missing}; "
@@ -89,8 +81,8 @@ def copy_tree(src: str, dst: str) -> None:
     """Copy a folder between local paths and/or pyarrow URIs, replacing `dst` (written beside, then swapped)."""
     from pyarrow import fs as pafs
 
-    src_fs, src_path = _filesystem(src)
-    dst_fs, dst_path = _filesystem(dst)
+    src_fs, src_path = filesystem(src)
+    dst_fs, dst_path = filesystem(dst)
     if isinstance(dst_fs, pafs.LocalFileSystem):
         tmp = f"{dst_path}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -107,9 +99,8 @@ def localize(uri: str, cache_root: str) -> str:
     """A local folder holding `uri` (downloaded once into `cache_root` when it is a remote URI)."""
     if "://" not in uri:
         return uri
-    import hashlib
-
     import fcntl
+    import hashlib
 
     local = os.path.join(cache_root, hashlib.sha256(uri.encode()).hexdigest()[:16])
     os.makedirs(cache_root, exist_ok=True)
@@ -125,15 +116,15 @@ def read_text(uri: str) -> str | None:
     """Contents of a small text file (local or URI), None when absent."""
     from pyarrow import fs as pafs
 
-    filesystem, path = _filesystem(uri)
-    if filesystem.get_file_info(path).type != pafs.FileType.File:
+    store_fs, path = filesystem(uri)
+    if store_fs.get_file_info(path).type != pafs.FileType.File:
         return None
-    with filesystem.open_input_stream(path) as f:
+    with store_fs.open_input_stream(path) as f:
         return f.read().decode()
 
 
 def write_text(uri: str, text: str) -> None:
-    filesystem, path = _filesystem(uri)
-    filesystem.create_dir(os.path.dirname(path), recursive=True)
-    with filesystem.open_output_stream(path) as f:
+    store_fs, path = filesystem(uri)
+    store_fs.create_dir(os.path.dirname(path), recursive=True)
+    with store_fs.open_output_stream(path) as f:
         f.write(text.encode())
