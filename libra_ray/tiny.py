@@ -137,14 +137,20 @@ def ensure_tiny_model(cache_dir: str | os.PathLike, cfg: "TinyModelConfig | None
     return out
 
 
-def resolve_model(ref: str, cfg: "PipelineConfig") -> str:
+def resolve_model(ref: str, cfg: "PipelineConfig", key: str = "model") -> str:
     """Turn a model reference from config into something `from_pretrained`/vLLM can load.
 
-    "tiny" -> the cached tiny model; "trained" -> this run's trained model; anything else (a hub id or
-    a path) is passed through unchanged.
+    "tiny" -> the cached tiny model; "trained" -> this run's trained model, which must exist (a
+    ConfigError naming `key` otherwise); anything else (a hub id or a path) is passed through unchanged.
     """
     if ref == TINY:
         return str(ensure_tiny_model(Path(cfg.cache_dir).absolute(), cfg.tiny_model))
     if ref == "trained":
+        from libra_ray.config import ConfigError, join_uri
+        from libra_ray.storage import exists
+
+        if not exists(join_uri(cfg.model_dir, "config.json")):
+            raise ConfigError(f"{key} 'trained': the trained model is not at {cfg.model_dir}; "
+                              "run `libra-ray train` first or set the path (a folder, a hub id or 'tiny')")
         return cfg.model_dir
     return ref

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,19 @@ def test_config_errors_are_clear():
         load_config(None, ["serve.policy.name=bad name"])
     with pytest.raises(ConfigError, match="target_ongoing_requests"):
         load_config(None, ["serve.policy.autoscaling.target_ongoing_requests=0"])
+
+
+def test_trained_policy_must_exist_before_serving(tmp_path):
+    from libra_ray.serve.app import served_models
+
+    cfg = load_config(None, [f"storage={tmp_path}", "serve.judge.path=some/hub-id"])
+    with pytest.raises(ConfigError, match="serve.policy.path 'trained': the trained model is not at .*libra-ray train"):
+        served_models(cfg)
+    Path(cfg.model_dir).mkdir(parents=True)  # a folder alone is not a model ...
+    with pytest.raises(ConfigError, match="serve.policy.path 'trained'"):
+        served_models(cfg)
+    (Path(cfg.model_dir) / "config.json").write_text("{}")  # ... its config.json makes it one
+    assert [m.path for m in served_models(cfg)] == [cfg.model_dir, "some/hub-id"]
 
 
 def test_autoscaling_to_serve_scale_to_zero_starts_with_one():

@@ -73,15 +73,10 @@ def _engine_args(cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str
 
 
 def _local_model(cfg: "PipelineConfig", model: "BenchModelConfig") -> str:
-    """The model folder/hub id for a local engine; this run's trained model must exist (clear error)."""
-    from libra_ray.config import ConfigError
+    """The model folder/hub id for a local engine (a clear error when this run's trained model is missing)."""
     from libra_ray.tiny import resolve_model
 
-    path = resolve_model(model.path, cfg)
-    if model.path == "trained" and not store.exists(join_uri(path, "config.json")):
-        raise ConfigError(f"bench.models.{model.name}: the trained model is not at {path}; "
-                          "run `libra-ray train` first or set its path (a folder, a hub id or 'tiny')")
-    return path
+    return resolve_model(model.path, cfg, key=f"bench.models.{model.name}.path")
 
 
 def _actor_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str | None):

@@ -477,15 +477,11 @@ def _project_path(path: str) -> str:
 
 def served_models(pcfg) -> list[ServedModelConfig]:
     """The policy and the judge of a PipelineConfig, with their paths resolved."""
-    from libra_ray.config import ConfigError
     from libra_ray.tiny import resolve_model
 
     out = []
     for m in (pcfg.serve.policy, pcfg.serve.judge):
-        path = resolve_model(m.path, pcfg)
-        if m.path == "trained" and "://" not in path and not Path(path).exists():
-            raise ConfigError(f"serve.{'policy' if m is pcfg.serve.policy else 'judge'}.path 'trained': no trained model at "
-                             f"{path}; run `libra-ray train` first or set the path (e.g. --set serve.policy.path=tiny)")
+        path = resolve_model(m.path, pcfg, key=f"serve.{'policy' if m is pcfg.serve.policy else 'judge'}.path")
         out.append(m.model_copy(update={"path": path}))
     return out
 

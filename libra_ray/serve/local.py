@@ -32,7 +32,7 @@ def local_openai_server(cfg: "PipelineConfig", models: dict[str, str]) -> Iterat
     template = cfg.serve.judge
     served = [
         template.model_copy(update={
-            "name": name, "path": resolve_model(ref, cfg), "engine": "transformers", "num_cpus": 0.25,
+            "name": name, "path": resolve_model(ref, cfg, key=f"local endpoint model {name}"), "engine": "transformers", "num_cpus": 0.25,
             "autoscaling": AutoscalingConfig(min_replicas=1, max_replicas=1),
         })
         for name, ref in models.items()

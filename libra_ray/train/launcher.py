@@ -149,7 +149,7 @@ def run(cfg: "PipelineConfig") -> dict:
     from libra_ray.tiny import resolve_model
 
     t = cfg.train
-    model = resolve_model(t.model, cfg)
+    model = resolve_model(t.model, cfg, key="train.model")
     check_model(model)
     dataset = train_split_uri(cfg)
     table = read_train_table(dataset)  # validates columns before any worker starts
