@@ -125,6 +125,10 @@ def limiter_name(endpoint: "EndpointConfig", base_url: str | None = None) -> str
     return "libra_ray_budget_" + hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
+# Driver-side handles of the budget actors (see create_cluster_limiter).
+_BUDGET_ACTORS: dict[str, object] = {}
+
+
 def create_cluster_limiter(endpoint: "EndpointConfig", base_url: str | None = None) -> str | None:
     """Create (or reconfigure) the named budget actor for an endpoint on the current Ray cluster and
     return its name for workers (`ClusterLimiter.by_name`); None when the endpoint has no budget."""
@@ -138,6 +142,3 @@ def create_cluster_limiter(endpoint: "EndpointConfig", base_url: str | None = No
     ray.get(actor.configure.remote(endpoint.requests_per_minute, endpoint.tokens_per_minute))
     _BUDGET_ACTORS[name] = actor  # a named actor dies with its last handle: keep one for the driver's life
     return name
-
-
-_BUDGET_ACTORS: dict[str, object] = {}
