@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         if name == "tiny-model":
             p.add_argument("--out", help="output folder (default: the cache folder used by 'tiny')")
+        if name in ("synth", "run"):
+            p.add_argument("--dry-run", action="store_true",
+                           help="sample the seeds and print counts, teacher calls, tokens and cost; start nothing")
         if name == "config":
             p.add_argument("--defaults", action="store_true", help="print the built-in defaults only")
         if name == "submit":
@@ -118,6 +121,13 @@ def _dispatch(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     cmd = args.command
     if cmd == "config":
         print(dump_config(cfg), end="")
+        return 0
+    if getattr(args, "dry_run", False):
+        from libra_ray.synth.dryrun import format_plan, synth_plan
+
+        print(format_plan(synth_plan(cfg), args.config or "defaults"), end="")
+        if cmd == "run":
+            print("train, bench: not estimated (they run on what synth writes)")
         return 0
     if cmd == "tiny-model":
         from libra_ray.tiny import build_tiny_model, ensure_tiny_model

@@ -24,6 +24,7 @@ from libra_ray.config import join_uri
 from libra_ray.seeds import load_catalogue, make_seeds, sample_compounds
 from libra_ray.storage import filesystem
 from libra_ray.synth import prompts as P
+from libra_ray.synth.prices import teacher_prices
 from libra_ray.synth.safety import actionable_reasons
 
 if TYPE_CHECKING:
@@ -297,7 +298,8 @@ def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url
     synth, teacher = cfg.synth, cfg.synth.teacher
     this_run = {k: sum(r[f"client_{k}"] for r in rows) for k in CLIENT_COUNTERS}
     tokens = {k: sum(r[k] for r in rows) for k in ("prompt_tokens", "completion_tokens")}
-    cost = (tokens["prompt_tokens"] * teacher.price_prompt_per_m + tokens["completion_tokens"] * teacher.price_completion_per_m) / 1e6
+    price_prompt, price_completion, _ = teacher_prices(teacher)  # the config's prices, else the price table
+    cost = (tokens["prompt_tokens"] * price_prompt + tokens["completion_tokens"] * price_completion) / 1e6
     seeds_by_class: dict[str, int] = {}
     for r in rows:
         seeds_by_class[r["class"]] = seeds_by_class.get(r["class"], 0) + 1
