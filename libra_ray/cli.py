@@ -141,8 +141,10 @@ def _dispatch(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         return submit_from_args(args, cfg)
     if cmd == "serve":
         from libra_ray.runtime import ray_session
+        from libra_ray.serve import check_models
 
         fn = stage_runner("serve")
+        check_models(cfg)  # a missing model path fails here, in a line, before Ray starts
         with ray_session(cfg):
             fn(cfg)
         return 0
