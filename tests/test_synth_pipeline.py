@@ -108,6 +108,29 @@ def test_safety_gate_drops_actionable_compliance(ray_local, tmp_path):
     assert ill["rejected"].str.contains("then purified").any()
 
 
+def test_semantic_dedup_runs_in_the_teacher_actors_and_is_counted(ray_local, tmp_path):
+    def teacher(messages, params):
+        text = messages[-1]["content"]
+        if "stay a polite refusal" in text:  # one near-verbatim restatement, one real rewording
+            seed = text.split("Text: ", 1)[1]
+            return json.dumps([seed.replace("I'm sorry, but", "Sorry, but"), "Unfortunately that is not something I can do."])
+        return scripted_teacher(messages, params)
+
+    with TestOpenAIServer(responder=teacher) as server:
+        cfg = config(tmp_path, server, "synth.forms=[TEXT]", "synth.semantic_dedup_threshold=0.95")
+        build_dataset(cfg, server.base_url, progress=False)
+    card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
+    # One refusal list per seed (chosen of illegitimate, rejected of legitimate): 8 restatements dropped, plus
+    # some of the scripted teacher's own "<opener> (variant k) <seed text>" items, near-verbatim too.
+    assert card["quality"]["semantic_duplicates_removed"] >= 8 and card["quality"]["semantic_dedup_threshold"] == 0.95
+    assert card["quality"]["duplicates_removed"] == 0  # the exact/normalised rule misses them
+    everything = pd.concat([read_split(cfg, "train"), read_split(cfg, "test")])
+    refusals = pd.concat([everything[everything["class"] == "illegitimate"]["chosen"],
+                          everything[everything["class"] == "legitimate"]["rejected"]])
+    assert not refusals.str.startswith("Sorry, but").any()
+    assert refusals.str.contains("Unfortunately that is not something I can do.").any()
+
+
 def test_nonsense_teacher_still_yields_train_and_test(ray_local, tmp_path):
     with TestOpenAIServer(responder=lambda m, p: "ytr qwe zzz <|im_end|> ab") as server:
         cfg = config(tmp_path, server, "synth.teacher.max_malformed_retries=1")

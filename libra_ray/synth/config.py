@@ -36,6 +36,11 @@ class SynthConfig(StrictModel):
     worker_num_cpus: float = Field(default=0.25, gt=0)
     # Near-duplicate removal beyond exact/normalised text: word-trigram Jaccard >= this drops a paraphrase.
     near_duplicate_jaccard: float | None = Field(default=None, gt=0, le=1)
+    semantic_dedup_threshold: float | None = Field(
+        default=None, gt=0, le=1,
+        description="drop a paraphrase whose sentence-embedding cosine to an earlier one of the same list is >= this "
+                    "(None = off; 0.95 removes near-verbatim restatements but keeps real rewordings, see "
+                    "libra_ray/synth/dedup.py). Off by default: it loads the embedding model in every teacher actor")
     rows_per_shard: int = Field(default=5000, ge=1, description="max rows per Parquet file")
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ from libra_ray.config import join_uri
 from libra_ray.seeds import load_catalogue, make_seeds, sample_compounds
 from libra_ray.storage import filesystem
 from libra_ray.synth import prompts as P
+from libra_ray.synth.dedup import semantic_dedupe_rows
 from libra_ray.synth.prices import teacher_prices
 from libra_ray.synth.safety import actionable_reasons
 
@@ -164,6 +165,7 @@ class TeacherStage:
             for key in ("prompts", "chosens", "rejecteds"):
                 row[key], removed = dedupe(row[key], self.synth.near_duplicate_jaccard)
                 row["duplicates_removed"] += removed
+        semantic_dedupe_rows(out, self.synth.semantic_dedup_threshold)  # paraphrases that say the same thing
         # Client counters for this batch ride on its first row (sums stay exact).
         for key in CLIENT_COUNTERS:
             for j, row in enumerate(out):
@@ -320,7 +322,9 @@ def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url
                     "malformed_parts_dropped": sum(r["malformed_parts"] for r in rows),
                     "safety_dropped": sum(r["safety_dropped"] for r in rows),
                     "duplicates_removed": sum(r["duplicates_removed"] for r in rows),
-                    "near_duplicate_jaccard": synth.near_duplicate_jaccard},
+                    "near_duplicate_jaccard": synth.near_duplicate_jaccard,
+                    "semantic_duplicates_removed": sum(r.get("semantic_duplicates_removed", 0) for r in rows),
+                    "semantic_dedup_threshold": synth.semantic_dedup_threshold},
         "seconds": round(seconds, 1),
     }
 
