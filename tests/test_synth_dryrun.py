@@ -95,3 +95,13 @@ def test_dry_run_starts_nothing(command):
 
 def test_plan_is_json_able():
     json.dumps(synth_plan(load_config(None)))
+
+
+def test_dry_run_counts_the_gate_judge_when_configured(capsys):
+    cfg = load_config(None, ["synth.gate_judge.model=gpt-4o-mini"])
+    plan = synth_plan(cfg)
+    s = cfg.synth
+    illegitimate_seeds = plan["by_class"]["illegitimate"]
+    assert plan["gate_judge"]["calls_at_most"] == illegitimate_seeds * (s.n_prompt + s.n_chosen + s.n_rejected)
+    assert plan["gate_judge"]["prices"] == "price table (gpt-4o-mini)"
+    assert synth_plan(load_config(None))["gate_judge"] is None

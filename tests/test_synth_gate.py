@@ -115,3 +115,37 @@ def test_real_short_refusals_pass():
     assert refusals
     flagged = [t for t in refusals if actionable_reasons(t)]
     assert not flagged
+
+
+def test_gate_judge_drops_what_it_finds_actionable_and_what_it_cannot_judge(tmp_path):
+    """The optional judge check (synth.gate_judge) against the real local test server (HTTP)."""
+    from libra_ray.config import load_config
+    from libra_ray.llm.testserver import TestOpenAIServer
+    from libra_ray.synth.gate_judge import ACTIONABLE_V1, GateJudge, gate_judge_rows
+
+    def judge(messages, params):
+        assert messages[0]["content"] == ACTIONABLE_V1.system
+        text = messages[-1]["content"]
+        return "maybe" if "unclear" in text else ("ACTIONABLE" if "reagent A" in text else "SAFE")
+
+    with TestOpenAIServer(responder=judge) as server:
+        synth = load_config(None, ["synth.gate_judge.model=judge", "synth.gate_judge.api_key_env=null",
+                                   "synth.gate_judge.max_malformed_retries=1"]).synth
+        gate = GateJudge.from_config(synth, server.base_url, str(tmp_path / "cache"))
+        rows = [{"class": "illegitimate", "prompts": ["seed reagent A", "a request"],
+                 "chosens": ["seed", "a refusal", "unclear"], "rejecteds": ["seed", "Sure, the key is reagent A."]},
+                {"class": "legitimate", "prompts": ["p"], "chosens": ["c", "use reagent A"], "rejecteds": ["r"]}]
+        gate_judge_rows(rows, gate)
+        ill, leg = rows
+        assert ill["prompts"] == ["seed reagent A", "a request"]  # item #0 is ours: never judged
+        assert ill["chosens"] == ["seed", "a refusal"] and ill["rejecteds"] == ["seed"]
+        assert (ill["gate_judge_dropped"], ill["gate_judge_unjudged"], ill["gate_judge_calls"]) == (1, 1, 5)
+        assert leg["chosens"] == ["c", "use reagent A"] and leg["gate_judge_calls"] == 0
+        requests = server.request_count
+        gate_judge_rows([dict(r, prompts=list(r["prompts"])) for r in rows[:1]], gate)
+        assert server.request_count == requests  # cached: judged once
+
+    assert GateJudge.from_config(load_config(None).synth, "http://127.0.0.1:1/v1", None) is None  # off by default
+    off = [{"class": "illegitimate", "prompts": ["a", "b"], "chosens": [], "rejecteds": []}]
+    gate_judge_rows(off, None)
+    assert off[0]["prompts"] == ["a", "b"] and off[0]["gate_judge_dropped"] == 0

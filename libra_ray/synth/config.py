@@ -41,6 +41,11 @@ class SynthConfig(StrictModel):
         description="drop a paraphrase whose sentence-embedding cosine to an earlier one of the same list is >= this "
                     "(None = off; 0.95 removes near-verbatim restatements but keeps real rewordings, see "
                     "libra_ray/synth/dedup.py). Off by default: it loads the embedding model in every teacher actor")
+    gate_judge: EndpointConfig | None = Field(
+        default=None,
+        description="optional second safety check: an LLM judge asked (prompt actionable_v1, cached) whether each "
+                    "paraphrase of an illegitimate seed is actionable; drops counted apart from the rule gate. "
+                    "None = off; base_url null = the teacher's endpoint")
     rows_per_shard: int = Field(default=5000, ge=1, description="max rows per Parquet file")
 
     @model_validator(mode="after")

@@ -39,6 +39,7 @@ def synth_plan(cfg: "PipelineConfig") -> dict:
             per_item = estimate_tokens([{"content": row[SOURCE_TEXT[part]]}], 0)
             expected_completion += min(teacher.max_tokens, n_items[part] * per_item + 2)
     max_completion = calls * teacher.max_tokens
+    judge = _gate_judge_plan(rows, synth, n_items) if synth.gate_judge else None
     price_prompt, price_completion, price_source = teacher_prices(teacher)
 
     def cost(completion: int) -> float:
@@ -61,9 +62,30 @@ def synth_plan(cfg: "PipelineConfig") -> dict:
         "tokens": {"prompt": prompt_tokens, "completion_expected": expected_completion, "completion_max": max_completion},
         "cost_usd": {"expected": cost(expected_completion), "max": cost(max_completion),
                      "price_prompt_per_m": price_prompt, "price_completion_per_m": price_completion, "prices": price_source},
+        "gate_judge": judge,
         # Before the safety gate and de-duplication drop anything.
         "triplets_at_most": {"train": split["train"] * per_seed[synth.combination], "test": split["test"] * (1 + synth.n_prompt)},
     }
+
+
+def _gate_judge_plan(rows: list[dict], synth, n_items: dict) -> dict:
+    """At most one judge call per paraphrase of an illegitimate seed (fewer after the gate and dedup)."""
+    from libra_ray.llm.client import estimate_tokens
+    from libra_ray.synth.gate_judge import ACTIONABLE_V1
+    from libra_ray.synth.prices import teacher_prices
+
+    calls = prompt_tokens = 0
+    for row in rows:
+        if row["class"] != "illegitimate":
+            continue
+        for part, n in n_items.items():
+            calls += n
+            prompt_tokens += n * estimate_tokens(ACTIONABLE_V1.render(row[SOURCE_TEXT[part]]), 0)
+    completion = calls * 2  # one word
+    price_prompt, price_completion, source = teacher_prices(synth.gate_judge)
+    return {"model": synth.gate_judge.model, "calls_at_most": calls, "prompt_tokens": prompt_tokens,
+            "cost_usd_at_most": round((prompt_tokens * price_prompt + completion * price_completion) / 1e6, 2),
+            "prices": source}
 
 
 def format_plan(plan: dict, source: str) -> str:
@@ -91,4 +113,8 @@ def format_plan(plan: dict, source: str) -> str:
         f"triplets: at most {plan['triplets_at_most']['train']:,} train, {plan['triplets_at_most']['test']:,} test "
         "(before the safety gate and de-duplication)",
     ]
+    if plan["gate_judge"]:
+        j = plan["gate_judge"]
+        lines.append(f"gate judge: {j['model']}, at most {j['calls_at_most']:,} calls, ~{j['prompt_tokens']:,} prompt "
+                     f"tokens, at most ${j['cost_usd_at_most']:,.2f} ({j['prices']})")
     return "\n".join(lines) + "\n"
