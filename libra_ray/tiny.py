@@ -150,15 +150,29 @@ def resolve_model(ref: str, cfg: "PipelineConfig", key: str = "model") -> str:
     return cfg.model_dir if ref == "trained" else ref
 
 
-def looks_local(ref: str) -> bool:
-    """A filesystem path or URI rather than a hub id ("org/name" or "name")."""
-    return "://" in ref or os.path.isabs(ref) or ref.startswith((".", "~")) or ref.count("/") > 1 or os.path.exists(ref)
+def check_local_model(ref: str, key: str) -> bool:
+    """True when `ref` is a local model folder (a folder with config.json or adapter_config.json); False
+    when it is not a local path (a hub id "org/name" or "name", or a URI the workers read); a ConfigError
+    naming `key` when it looks like a local path but is missing or no model folder."""
+    from libra_ray.config import ConfigError
+
+    if "://" in ref:
+        return False
+    path = os.path.expanduser(ref)
+    looks_local = os.path.isabs(path) or ref.startswith((".", "~")) or ref.count("/") > 1 or os.path.exists(path)
+    if not looks_local:
+        return False
+    if not os.path.isdir(path):
+        raise ConfigError(f"{key}: model path {ref} does not exist (a model folder, a hub id or 'tiny')")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
+        raise ConfigError(f"{key}: {ref} is not a model folder (no config.json)")
+    return True
 
 
 def check_model_ref(ref: str, cfg: "PipelineConfig", key: str = "model") -> None:
     """Fail fast, before anything starts, when `ref` cannot be a model: "trained" before `libra-ray train`
-    ran, or a local folder / URI without a config.json (or adapter_config.json). Builds and loads nothing;
-    hub ids are not checked (the hub may be reachable only from the cluster)."""
+    ran, or a local path that is missing or no model folder. Builds and loads nothing; hub ids and URIs
+    are not checked here (the hub or bucket may be reachable only from the cluster)."""
     from libra_ray.config import ConfigError, join_uri
     from libra_ray.storage import exists
 
@@ -169,10 +183,4 @@ def check_model_ref(ref: str, cfg: "PipelineConfig", key: str = "model") -> None
             raise ConfigError(f"{key} 'trained': the trained model is not at {cfg.model_dir}; "
                               "run `libra-ray train` first or set the path (a folder, a hub id or 'tiny')")
         return
-    if not looks_local(ref):
-        return
-    path = os.path.expanduser(ref)
-    if not exists(path):
-        raise ConfigError(f"{key}: model path {ref} does not exist (a model folder, a hub id or 'tiny')")
-    if not any(exists(join_uri(path, f)) for f in ("config.json", "adapter_config.json")):
-        raise ConfigError(f"{key}: {ref} is not a model folder (no config.json)")
+    check_local_model(ref, key)
