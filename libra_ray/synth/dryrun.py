@@ -3,8 +3,9 @@
 Nothing is started (no Ray, no teacher, no server): phase 1 runs on the driver exactly as in a real
 run, and the teacher requests are built by the pipeline's own `teacher_requests`, so the counts can
 never drift from what a run sends. Tokens use the client's estimator (`estimate_tokens`: ~4 characters
-a token plus a few per message); the completion estimate assumes each answer is N items as long as the
-text it paraphrases (capped at max_tokens), with an upper bound of max_tokens for every call.
+a token plus a few per message); the completion estimate assumes a paraphrase answer is N items as long
+as the text it paraphrases (capped at max_tokens) and a helpful answer (legitimate seeds' chosen) fills
+max_tokens, with an upper bound of max_tokens for every call.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def synth_plan(cfg: "PipelineConfig") -> dict:
         for part, messages, _ in teacher_requests(row, synth):
             calls += 1
             prompt_tokens += estimate_tokens(messages, 0)
+            if part == "chosen" and row["class"] == "legitimate":  # open-ended helpful answers: assume they fill it
+                expected_completion += teacher.max_tokens
+                continue
             per_item = estimate_tokens([{"content": row[SOURCE_TEXT[part]]}], 0)
             expected_completion += min(teacher.max_tokens, n_items[part] * per_item + 2)
     max_completion = calls * teacher.max_tokens
