@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         if name == "tiny-model":
             p.add_argument("--out", help="output folder (default: the cache folder used by 'tiny')")
+        if name in ("synth", "run"):
+            p.add_argument("--dry-run", action="store_true",
+                           help="sample the seeds and print counts, teacher calls, tokens and cost; start nothing")
         if name == "config":
             p.add_argument("--defaults", action="store_true", help="print the built-in defaults only")
         if name == "submit":
@@ -119,6 +122,13 @@ def _dispatch(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     if cmd == "config":
         print(dump_config(cfg), end="")
         return 0
+    if getattr(args, "dry_run", False):
+        from libra_ray.synth.dryrun import format_plan, synth_plan
+
+        print(format_plan(synth_plan(cfg), args.config or "defaults"), end="")
+        if cmd == "run":
+            print("train, bench: not estimated (they run on what synth writes)")
+        return 0
     if cmd == "tiny-model":
         from libra_ray.tiny import build_tiny_model, ensure_tiny_model
 
@@ -131,8 +141,10 @@ def _dispatch(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         return submit_from_args(args, cfg)
     if cmd == "serve":
         from libra_ray.runtime import ray_session
+        from libra_ray.serve import check_models
 
         fn = stage_runner("serve")
+        check_models(cfg)  # a missing model path fails here, in a line, before Ray starts
         with ray_session(cfg):
             fn(cfg)
         return 0

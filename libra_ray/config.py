@@ -160,10 +160,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if path is not None:
         source = str(path)
         file = Path(path)
+        if file.is_dir():
+            raise ConfigError(f"config file {source} is a directory, not a YAML file")
         if not file.is_file():
             raise ConfigError(f"config file {source} does not exist")
         try:
-            loaded = yaml.safe_load(file.read_text())
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {source} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+        except OSError as err:
+            raise ConfigError(f"config file {source} cannot be read ({err.strerror})") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {source} is not valid YAML: {err}") from None
         if loaded is None:

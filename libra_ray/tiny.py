@@ -140,17 +140,47 @@ def ensure_tiny_model(cache_dir: str | os.PathLike, cfg: "TinyModelConfig | None
 def resolve_model(ref: str, cfg: "PipelineConfig", key: str = "model") -> str:
     """Turn a model reference from config into something `from_pretrained`/vLLM can load.
 
-    "tiny" -> the cached tiny model; "trained" -> this run's trained model, which must exist (a
-    ConfigError naming `key` otherwise); anything else (a hub id or a path) is passed through unchanged.
+    "tiny" -> the cached tiny model; "trained" -> this run's trained model; anything else (a hub id or a
+    path) is passed through unchanged. A missing trained model or local path is a ConfigError naming
+    `key` (see `check_model_ref`).
     """
     if ref == TINY:
         return str(ensure_tiny_model(Path(cfg.cache_dir).absolute(), cfg.tiny_model))
-    if ref == "trained":
-        from libra_ray.config import ConfigError, join_uri
-        from libra_ray.storage import exists
+    check_model_ref(ref, cfg, key)
+    return cfg.model_dir if ref == "trained" else ref
 
+
+def check_local_model(ref: str, key: str) -> bool:
+    """True when `ref` is a local model folder (a folder with config.json or adapter_config.json); False
+    when it is not a local path (a hub id "org/name" or "name", or a URI the workers read); a ConfigError
+    naming `key` when it looks like a local path but is missing or no model folder."""
+    from libra_ray.config import ConfigError
+
+    if "://" in ref:
+        return False
+    path = os.path.expanduser(ref)
+    looks_local = os.path.isabs(path) or ref.startswith((".", "~")) or ref.count("/") > 1 or os.path.exists(path)
+    if not looks_local:
+        return False
+    if not os.path.isdir(path):
+        raise ConfigError(f"{key}: model path {ref} does not exist (a model folder, a hub id or 'tiny')")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
+        raise ConfigError(f"{key}: {ref} is not a model folder (no config.json)")
+    return True
+
+
+def check_model_ref(ref: str, cfg: "PipelineConfig", key: str = "model") -> None:
+    """Fail fast, before anything starts, when `ref` cannot be a model: "trained" before `libra-ray train`
+    ran, or a local path that is missing or no model folder. Builds and loads nothing; hub ids and URIs
+    are not checked here (the hub or bucket may be reachable only from the cluster)."""
+    from libra_ray.config import ConfigError, join_uri
+    from libra_ray.storage import exists
+
+    if ref == TINY:
+        return
+    if ref == "trained":
         if not exists(join_uri(cfg.model_dir, "config.json")):
             raise ConfigError(f"{key} 'trained': the trained model is not at {cfg.model_dir}; "
                               "run `libra-ray train` first or set the path (a folder, a hub id or 'tiny')")
-        return cfg.model_dir
-    return ref
+        return
+    check_local_model(ref, key)

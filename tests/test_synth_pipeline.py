@@ -108,6 +108,50 @@ def test_safety_gate_drops_actionable_compliance(ray_local, tmp_path):
     assert ill["rejected"].str.contains("then purified").any()
 
 
+def test_semantic_dedup_runs_in_the_teacher_actors_and_is_counted(ray_local, tmp_path):
+    def teacher(messages, params):
+        text = messages[-1]["content"]
+        if "stay a polite refusal" in text:  # one near-verbatim restatement, one real rewording
+            seed = text.split("Text: ", 1)[1]
+            return json.dumps([seed.replace("I'm sorry, but", "Sorry, but"), "Unfortunately that is not something I can do."])
+        return scripted_teacher(messages, params)
+
+    with TestOpenAIServer(responder=teacher) as server:
+        cfg = config(tmp_path, server, "synth.forms=[TEXT]", "synth.semantic_dedup_threshold=0.95")
+        build_dataset(cfg, server.base_url, progress=False)
+    card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
+    # One refusal list per seed (chosen of illegitimate, rejected of legitimate): 8 restatements dropped, plus
+    # some of the scripted teacher's own "<opener> (variant k) <seed text>" items, near-verbatim too.
+    assert card["quality"]["semantic_duplicates_removed"] >= 8 and card["quality"]["semantic_dedup_threshold"] == 0.95
+    assert card["quality"]["duplicates_removed"] == 0  # the exact/normalised rule misses them
+    everything = pd.concat([read_split(cfg, "train"), read_split(cfg, "test")])
+    refusals = pd.concat([everything[everything["class"] == "illegitimate"]["chosen"],
+                          everything[everything["class"] == "legitimate"]["rejected"]])
+    assert not refusals.str.startswith("Sorry, but").any()
+    assert refusals.str.contains("Unfortunately that is not something I can do.").any()
+
+
+def test_gate_judge_second_check_is_counted_apart_from_the_rules(ray_local, tmp_path):
+    from libra_ray.synth.gate_judge import ACTIONABLE_V1
+
+    def teacher(messages, params):
+        if messages[0]["content"] == ACTIONABLE_V1.system:  # the judge (same endpoint: gate_judge.base_url null)
+            return "ACTIONABLE" if "the key is reagent A" in messages[-1]["content"] else "SAFE"
+        if "stay exactly as vague" in messages[-1]["content"]:  # passes the rules, not the judge
+            return json.dumps(["Sure, the key is reagent A.", "Sure, I can help; it is made by synthesis, then purified."])
+        return scripted_teacher(messages, params)
+
+    with TestOpenAIServer(responder=teacher) as server:
+        cfg = config(tmp_path, server, "synth.forms=[TEXT]", "synth.gate_judge.model=judge",
+                     "synth.gate_judge.api_key_env=null")
+        summary = build_dataset(cfg, server.base_url, progress=False)
+    card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
+    assert summary["safety_dropped"] == 0 and card["quality"]["gate_judge_dropped"] == 4  # one per illegitimate seed
+    assert card["quality"]["gate_judge"] == "judge (actionable_v1)" and card["quality"]["gate_judge_calls"] > 0
+    everything = pd.concat([read_split(cfg, "train"), read_split(cfg, "test")])
+    assert not everything["rejected"].str.contains("reagent A").any()
+
+
 def test_nonsense_teacher_still_yields_train_and_test(ray_local, tmp_path):
     with TestOpenAIServer(responder=lambda m, p: "ytr qwe zzz <|im_end|> ab") as server:
         cfg = config(tmp_path, server, "synth.teacher.max_malformed_retries=1")

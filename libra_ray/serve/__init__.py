@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from libra_ray.config import PipelineConfig
 
 
+def check_models(cfg: "PipelineConfig") -> None:
+    """The served models' paths exist (a ConfigError naming the key otherwise): checked before Ray starts."""
+    from libra_ray.tiny import check_model_ref
+
+    for role in ("policy", "judge"):
+        check_model_ref(getattr(cfg.serve, role).path, cfg, key=f"serve.{role}.path")
+
+
 def start_app(cfg: "PipelineConfig"):
     """Deploy the policy+judge app on the current Ray cluster and wait until it answers on HTTP."""
     from libra_ray.serve.app import served_models

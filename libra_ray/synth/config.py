@@ -36,6 +36,16 @@ class SynthConfig(StrictModel):
     worker_num_cpus: float = Field(default=0.25, gt=0)
     # Near-duplicate removal beyond exact/normalised text: word-trigram Jaccard >= this drops a paraphrase.
     near_duplicate_jaccard: float | None = Field(default=None, gt=0, le=1)
+    semantic_dedup_threshold: float | None = Field(
+        default=None, gt=0, le=1,
+        description="drop a paraphrase whose sentence-embedding cosine to an earlier one of the same list is >= this "
+                    "(None = off; 0.95 removes near-verbatim restatements but keeps real rewordings, see "
+                    "libra_ray/synth/dedup.py). Off by default: it loads the embedding model in every teacher actor")
+    gate_judge: EndpointConfig | None = Field(
+        default=None,
+        description="optional second safety check: an LLM judge asked (prompt actionable_v1, cached) whether each "
+                    "paraphrase of an illegitimate seed is actionable; drops counted apart from the rule gate. "
+                    "None = off; base_url null = the teacher's endpoint")
     rows_per_shard: int = Field(default=5000, ge=1, description="max rows per Parquet file")
 
     @model_validator(mode="after")

@@ -24,6 +24,9 @@ from libra_ray.config import join_uri
 from libra_ray.seeds import load_catalogue, make_seeds, sample_compounds
 from libra_ray.storage import filesystem
 from libra_ray.synth import prompts as P
+from libra_ray.synth.dedup import semantic_dedupe_rows
+from libra_ray.synth.gate_judge import GateJudge, gate_judge_rows
+from libra_ray.synth.prices import teacher_prices
 from libra_ray.synth.safety import actionable_reasons
 
 if TYPE_CHECKING:
@@ -132,6 +135,7 @@ class TeacherStage:
         limiter = ClusterLimiter.by_name(limiter_name) if limiter_name else None
         self.client = ChatClient(self.synth.teacher, base_url=base_url, cache_dir=cache_dir, limiter=limiter)
         self.chemical_names = frozenset(chemical_names)
+        self.gate_judge = GateJudge.from_config(self.synth, base_url, cache_dir)  # None unless synth.gate_judge
 
     def __call__(self, batch):
         rows = batch.to_pylist()
@@ -163,6 +167,8 @@ class TeacherStage:
             for key in ("prompts", "chosens", "rejecteds"):
                 row[key], removed = dedupe(row[key], self.synth.near_duplicate_jaccard)
                 row["duplicates_removed"] += removed
+        semantic_dedupe_rows(out, self.synth.semantic_dedup_threshold)  # paraphrases that say the same thing
+        gate_judge_rows(out, self.gate_judge)  # the optional second safety check, after the rules and dedup
         # Client counters for this batch ride on its first row (sums stay exact).
         for key in CLIENT_COUNTERS:
             for j, row in enumerate(out):
@@ -297,7 +303,8 @@ def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url
     synth, teacher = cfg.synth, cfg.synth.teacher
     this_run = {k: sum(r[f"client_{k}"] for r in rows) for k in CLIENT_COUNTERS}
     tokens = {k: sum(r[k] for r in rows) for k in ("prompt_tokens", "completion_tokens")}
-    cost = (tokens["prompt_tokens"] * teacher.price_prompt_per_m + tokens["completion_tokens"] * teacher.price_completion_per_m) / 1e6
+    price_prompt, price_completion, _ = teacher_prices(teacher)  # the config's prices, else the price table
+    cost = (tokens["prompt_tokens"] * price_prompt + tokens["completion_tokens"] * price_completion) / 1e6
     seeds_by_class: dict[str, int] = {}
     for r in rows:
         seeds_by_class[r["class"]] = seeds_by_class.get(r["class"], 0) + 1
@@ -318,7 +325,11 @@ def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url
                     "malformed_parts_dropped": sum(r["malformed_parts"] for r in rows),
                     "safety_dropped": sum(r["safety_dropped"] for r in rows),
                     "duplicates_removed": sum(r["duplicates_removed"] for r in rows),
-                    "near_duplicate_jaccard": synth.near_duplicate_jaccard},
+                    "near_duplicate_jaccard": synth.near_duplicate_jaccard,
+                    "semantic_duplicates_removed": sum(r.get("semantic_duplicates_removed", 0) for r in rows),
+                    "semantic_dedup_threshold": synth.semantic_dedup_threshold,
+                    **{k: sum(r.get(k, 0) for r in rows) for k in ("gate_judge_dropped", "gate_judge_unjudged", "gate_judge_calls")},
+                    "gate_judge": f"{synth.gate_judge.model} (actionable_v1)" if synth.gate_judge else None},
         "seconds": round(seconds, 1),
     }
 

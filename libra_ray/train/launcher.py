@@ -44,15 +44,10 @@ def load_deepspeed_config(ref: str | None) -> dict | None:
 
 def check_model(ref: str) -> None:
     """Fail before any worker starts when the model cannot be found (local folder or hub/cached id)."""
-    if "://" in ref:
-        return  # a remote folder; workers download it
-    if os.path.isdir(ref):
-        if not os.path.isfile(os.path.join(ref, "config.json")):
-            raise ConfigError(f"train.model: {ref} has no config.json (not a Hugging Face model folder)")
-        return
-    looks_local = ref.startswith(("/", ".", "~")) or ref.count("/") > 1
-    if looks_local:
-        raise ConfigError(f"train.model: {ref} does not exist")
+    from libra_ray.tiny import check_local_model
+
+    if "://" in ref or check_local_model(ref, "train.model"):
+        return  # a remote folder (workers download it) or a checked local folder
     from transformers import AutoConfig
 
     try:

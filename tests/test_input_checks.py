@@ -1,0 +1,60 @@
+"""Bad inputs fail before anything starts: one line on stderr naming the file or key, exit 2, Ray never
+initialised (a non-UTF-8 or directory --config; serve with a model path that does not exist)."""
+
+from __future__ import annotations
+
+import pytest
+
+from libra_ray.cli import main
+from libra_ray.config import ConfigError
+from libra_ray.tiny import check_model_ref
+
+
+def _one_line_exit_2(argv, capsys) -> str:
+    import ray
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("libra-ray: "), err
+    assert "Traceback" not in err
+    assert not ray.is_initialized()
+    return err
+
+
+def test_non_utf8_config_names_the_file(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    err = _one_line_exit_2(["synth", "--config", str(path)], capsys)
+    assert str(path) in err and "UTF-8" in err
+
+
+def test_directory_config_names_the_file(tmp_path, capsys):
+    err = _one_line_exit_2(["config", "--config", str(tmp_path)], capsys)
+    assert str(tmp_path) in err and "directory" in err
+
+
+@pytest.mark.parametrize("role", ["policy", "judge"])
+def test_serve_missing_model_path_names_the_key(role, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    others = ["--set", f"serve.{'judge' if role == 'policy' else 'policy'}.path=tiny"]
+    err = _one_line_exit_2(["serve", "--set", f"storage={tmp_path}", "--set", f"serve.{role}.path={missing}", *others], capsys)
+    assert f"serve.{role}.path" in err and str(missing) in err
+
+
+def test_serve_before_training_names_the_key(tmp_path, capsys):
+    err = _one_line_exit_2(["serve", "--set", f"storage={tmp_path}"], capsys)  # policy path "trained" by default
+    assert "serve.policy.path 'trained'" in err
+
+
+def test_check_model_ref(tmp_path):
+    from libra_ray.config import load_config
+
+    cfg = load_config(None, [f"storage={tmp_path}"])
+    check_model_ref("tiny", cfg)
+    check_model_ref("Qwen/Qwen2.5-7B-Instruct", cfg)  # hub ids are not checked here
+    with pytest.raises(ConfigError, match="not a model folder"):
+        check_model_ref(str(tmp_path), cfg, "train.model")
+    (tmp_path / "config.json").write_text("{}")
+    check_model_ref(str(tmp_path), cfg)
+    with pytest.raises(ConfigError, match="bench.models.x.path: model path ./nope does not exist"):
+        check_model_ref("./nope", cfg, "bench.models.x.path")
