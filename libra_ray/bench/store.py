@@ -40,10 +40,11 @@ def read_table(path: str) -> pa.Table:
             from pyarrow import csv as pacsv
             from pyarrow import json as pajson
 
-            # Every CSV cell stays text: class values such as "0"/"1" are matched as written.
+            # Every CSV cell stays text (class values such as "0"/"1" are matched as written); empty = null.
             with fs.open_input_stream(p) as f:
                 if suffix == "csv":
-                    return pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types=_all_strings(fs, p)))
+                    options = pacsv.ConvertOptions(column_types=_all_strings(fs, p), strings_can_be_null=True)
+                    return pacsv.read_csv(f, convert_options=options)
                 return pajson.read_json(f)
         return pq.read_table(p, filesystem=fs)
     return pds.dataset(p, filesystem=fs, format="parquet").to_table()
