@@ -186,6 +186,20 @@ def test_detector_accuracy_sources(tmp_path):
 
     assert detector_accuracy("classifier", WithMeta())["accuracy"] == 0.95
 
+    class Head:  # a learned head whose metadata holds held-out (cross-validated) numbers
+        metadata = {"accuracy_train": 0.99, "rows": 900, "training_file": "responses.csv",
+                    "cross_validation": {"accuracy": 0.96, "ci": [0.94, 0.97], "folds": 5, "grouped_by": "prompt"},
+                    "cross_model": {"a -> b": {"accuracy": 0.94, "n_test": 450}}}
+
+    class WithHead:
+        name = "default"
+        head = Head()
+
+    acc = detector_accuracy("default", WithHead())
+    assert acc == {"accuracy": 0.96, "ci_low": 0.94, "ci_high": 0.97, "n": 900, "dataset": "responses.csv",
+                   "method": "5-fold cross-validation grouped by prompt", "cross_model": {"a -> b": 0.94},
+                   "source": "detector metadata"}
+
 
 def test_unknown_scheme_and_local_detector_are_clear_errors(tmp_path):
     from libra_ray.bench import preflight

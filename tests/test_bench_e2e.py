@@ -66,7 +66,9 @@ def test_vllm_actors_and_api_baseline_full_report(ray_local, servers, tmp_path):
     from libra_ray.bench.generate import read_generations
 
     api, jdg = servers
+    # A rule as the local detector keeps the cascade's routing exact (confidence 1: only disagreements).
     cfg = _cfg(tmp_path, f"bench.judge.base_url={jdg.base_url}", "bench.judge.api_key_env=null",
+               "bench.local_detector=rule:start",
                "bench.models=[{name: tiny_vllm, engine: vllm, path: tiny}, "
                f"{{name: api, engine: openai, endpoint: {{base_url: '{api.base_url}', model: base, api_key_env: null}}}}]")
     summary = run(cfg)

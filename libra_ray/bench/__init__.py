@@ -26,14 +26,14 @@ def preflight(cfg: "PipelineConfig") -> None:
     from libra_ray.bench.detector_info import local_detector
     from libra_ray.config import ConfigError
 
-    try:  # every scheme keeps the local label beside the final one
-        local_detector(cfg.bench.local_detector)
-    except ValueError as err:
-        raise ConfigError(f"bench.local_detector: {err}") from None
     if cfg.bench.prompts:
         from libra_ray.bench.generate import load_benchmark_prompts
 
         load_benchmark_prompts(cfg)
+    try:  # every scheme keeps the local label beside the final one
+        local_detector(cfg.bench.local_detector)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"bench.local_detector: {err}") from None
 
 
 def _judge_client(cfg: "PipelineConfig", stack: contextlib.ExitStack) -> Any | None:

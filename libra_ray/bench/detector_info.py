@@ -5,9 +5,10 @@
 
 Accuracy here is the binary score (partial counts as refusal) on a human-labelled set of real model
 responses, never the 12 built-in smoke-check sentences. Sources, first found wins: the detector's own
-metadata (a learned classifier ships its measured accuracy beside its weights: a `metadata` dict with
-an `accuracy` entry, or a nested `dev`/`measured` dict that has one), then
-`libra_ray/bench/detectors/measured.json`, written by
+metadata (a learned classifier ships its measured accuracy beside its weights, `detector.metadata` or
+`detector.head.metadata`: an `accuracy` entry, or a nested `cross_validation`/`dev`/`measured` dict with
+one; held-out numbers, never the training accuracy), then `libra_ray/bench/detectors/measured.json`,
+written by
 
     python -m libra_ray.bench.detector_info --labels ../shared/data/refusal_dev/responses.csv --write
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -33,11 +35,13 @@ MEASURED_PATH = Path(__file__).parent / "detectors" / "measured.json"
 LABEL_ALIASES = {"1_full_compliance": "compliance", "2_full_refusal": "refusal", "3_partial_refusal": "partial"}
 
 
+@functools.lru_cache(maxsize=8)
 def local_detector(name: str) -> Any:
     """The detector `name` (libra_ray.bench.detect.get_detector); a ValueError naming the known ones.
 
-    Until the learned `default` detector exists in this tree, `default` falls back to `rule:start`
-    (logged; reports name the detector that actually ran).
+    Cached: the pre-Ray check and the evaluation share one loaded classifier. Until the learned
+    `default` detector exists in this tree, `default` falls back to `rule:start` (logged; reports name
+    the detector that actually ran).
     """
     from libra_ray.bench.detect import get_detector
 
@@ -50,14 +54,47 @@ def local_detector(name: str) -> Any:
         return get_detector("rule:start")
 
 
+def _metadata(detector: Any) -> dict | None:
+    meta = getattr(detector, "metadata", None)
+    if meta is None:
+        meta = getattr(getattr(detector, "head", None), "metadata", None)
+    return meta if isinstance(meta, dict) else None
+
+
+def detector_version(detector: Any) -> str | None:
+    """What identifies this detector's behaviour beyond its name (a learned head's weights), if anything."""
+    from libra_ray.bench.fingerprint import stable_hash
+
+    if getattr(detector, "fingerprint", None):
+        return str(detector.fingerprint)
+    head = getattr(detector, "head", None)
+    parts = [getattr(head, a, None) for a in ("weight", "bias")]
+    if any(p is not None for p in parts):
+        return hashlib.sha256(b"".join(p.tobytes() for p in parts if hasattr(p, "tobytes"))).hexdigest()[:16]
+    meta = _metadata(detector)
+    return stable_hash(meta) if meta else None
+
+
 def _from_metadata(meta: Any) -> dict | None:
     if not isinstance(meta, dict):
         return None
     if isinstance(meta.get("accuracy"), (int, float)):
-        return {k: meta[k] for k in ("accuracy", "ci_low", "ci_high", "n", "dataset") if k in meta}
-    for key in ("dev", "measured", "dev_set", "evaluation"):
+        out = {k: meta[k] for k in ("accuracy", "ci_low", "ci_high", "n", "dataset", "method") if k in meta}
+        if isinstance(meta.get("ci"), (list, tuple)) and len(meta["ci"]) == 2:
+            out["ci_low"], out["ci_high"] = meta["ci"]
+        return out
+    for key in ("cross_validation", "dev", "measured", "dev_set", "evaluation"):
         found = _from_metadata(meta.get(key))
         if found:
+            if key == "cross_validation":
+                sub = meta[key]
+                found.setdefault("method", f"{sub.get('folds', '?')}-fold cross-validation"
+                                 + (f" grouped by {sub['grouped_by']}" if sub.get("grouped_by") else ""))
+            found.setdefault("n", meta.get("rows"))
+            found.setdefault("dataset", meta.get("training_file"))
+            if isinstance(meta.get("cross_model"), dict):
+                found["cross_model"] = {k: v.get("accuracy") for k, v in meta["cross_model"].items()
+                                        if isinstance(v, dict)}
             return found
     return None
 
@@ -71,7 +108,7 @@ def read_measured(path: Path = MEASURED_PATH) -> dict:
 
 def detector_accuracy(detector_name: str, detector: Any = None, measured_path: Path = MEASURED_PATH) -> dict | None:
     """The detector's measured accuracy on human-labelled responses, or None when unknown."""
-    found = _from_metadata(getattr(detector, "metadata", None))
+    found = _from_metadata(_metadata(detector))
     if found:
         return {**found, "source": "detector metadata"}
     measured = read_measured(measured_path)

@@ -66,9 +66,11 @@ def decider_prompt(bench: "BenchConfig") -> str | None:
 
 def evaluation_settings(bench: "BenchConfig", detector: Any) -> dict:
     """Everything besides the generated row that decides its evaluation (what an `eval_key` hashes)."""
+    from libra_ray.bench.detector_info import detector_version
+
     judge = bench.judge
     return {"version": EVALUATION_VERSION, "scheme": bench.detector, "local_detector": detector.name,
-            "local_detector_version": getattr(detector, "fingerprint", None), "rule": bench.rule,
+            "local_detector_version": detector_version(detector), "rule": bench.rule,
             "judge_threshold": bench.judge_threshold, "use_judge": bench.use_judge,
             "judge": {"base_url": judge.base_url or "embedded", "model": judge.model, "max_tokens": judge.max_tokens},
             "judge_prompts": list(bench.judge_prompts), "judge_max_attempts": bench.judge_max_attempts,
