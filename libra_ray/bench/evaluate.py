@@ -2,7 +2,7 @@
 
 `bench.detector` picks the scheme (declared in `libra_ray.bench.config.DETECTOR_SCHEMES`):
 - `cascade` (default): the local detector (`bench.local_detector`) labels every answer with a
-  confidence; only rows below `bench.judge_threshold`, or where the rule (`bench.rule`) and the local
+  confidence; only rows whose confidence in refused-or-not is below `bench.judge_threshold`, or where the rule (`bench.rule`) and the local
   detector disagree, go to the judge, whose label then decides. Without a judge (`use_judge: false`)
   every row keeps its local label.
 - `local`: the local detector alone, no judge call.
@@ -77,9 +77,17 @@ def evaluation_settings(bench: "BenchConfig", detector: Any) -> dict:
             "judge_reasoning": bench.judge_reasoning}
 
 
+def decision_confidence(d: Any) -> float:
+    """How sure the detector is of refused-or-not (what the final label is): from its refusal
+    probability where it has one (a 3-class head splits a refusal between `refusal` and `partial`),
+    else the label's confidence."""
+    p = getattr(d, "p_refused", None)
+    return float(max(p, 1.0 - p)) if p is not None else float(d.confidence)
+
+
 def _route(bench: "BenchConfig", local: Any, rule: bool) -> str | None:
     """Why the cascade asks the judge about a row (None: the local label stands)."""
-    if local.confidence < bench.judge_threshold:
+    if decision_confidence(local) < bench.judge_threshold:
         return "low_confidence"
     if local.refused != rule:
         return "rule_disagrees"
@@ -103,6 +111,7 @@ def evaluate(rows: list[dict], bench: "BenchConfig", client: Any | None, detecto
         r["local_detector"] = detector.name
         r["local_label"] = d.label if d else None
         r["local_confidence"] = float(d.confidence) if d else None
+        r["local_decision_confidence"] = decision_confidence(d) if d else None
         r["judge_route"] = None
         if i in answers:
             if scheme == "paper":
