@@ -116,8 +116,10 @@ def _accuracy(acc: dict | None) -> str:
         return "not measured"
     ci = f" [{100 * acc['ci_low']:.1f}, {100 * acc['ci_high']:.1f}]" if acc.get("ci_low") is not None else ""
     where = f" on {acc['dataset']}" if acc.get("dataset") else ""
-    n = f" (n={acc['n']})" if acc.get("n") else ""
-    return f"{100 * acc['accuracy']:.1f}%{ci}{where}{n}"
+    how = ", ".join(x for x in (f"n={acc['n']}" if acc.get("n") else "", acc.get("method") or "") if x)
+    cross = "; cross-model " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc["cross_model"].items()
+                                         if v is not None) if acc.get("cross_model") else ""
+    return f"{100 * acc['accuracy']:.1f}%{ci}{where}" + (f" ({how}{cross})" if how or cross else "")
 
 
 def detector_section(report: dict) -> list[str]:
