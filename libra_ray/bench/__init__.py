@@ -36,16 +36,33 @@ def preflight(cfg: "PipelineConfig") -> None:
         raise ConfigError(f"bench.local_detector: {err}") from None
 
 
-def _judge_client(cfg: "PipelineConfig", stack: contextlib.ExitStack) -> Any | None:
-    """A ChatClient on the judge endpoint (the embedded local server when base_url is None)."""
+class _LazyJudge:
+    """The judge's ChatClient, opened on the first call: a cascade that routes no row to the judge never
+    starts the endpoint (the embedded one takes a Serve app and tens of seconds)."""
+
+    def __init__(self, cfg: "PipelineConfig", stack: contextlib.ExitStack):
+        self.cfg, self.stack, self.client = cfg, stack, None
+
+    def chat_many(self, batch: list, **params: Any) -> list:
+        if self.client is None:
+            from libra_ray.config import join_uri
+            from libra_ray.llm.client import ChatClient
+            from libra_ray.llm.endpoint import open_endpoint
+
+            judge = self.cfg.bench.judge
+            base_url = self.stack.enter_context(open_endpoint(judge, self.cfg))
+            self.client = ChatClient(judge, base_url=base_url, cache_dir=join_uri(self.cfg.bench_dir, "judge_cache"))
+        return self.client.chat_many(batch, **params)
+
+    def stats(self) -> dict | None:
+        return self.client.stats.as_dict() if self.client is not None else None
+
+
+def _judge_client(cfg: "PipelineConfig", stack: contextlib.ExitStack) -> _LazyJudge | None:
+    """The judge (the embedded local server when base_url is None), or None when no judge is asked."""
     if not cfg.bench.use_judge or not cfg.bench.judge_prompts or cfg.bench.detector == "local":
         return None
-    from libra_ray.config import join_uri
-    from libra_ray.llm.client import ChatClient
-    from libra_ray.llm.endpoint import open_endpoint
-
-    base_url = stack.enter_context(open_endpoint(cfg.bench.judge, cfg))
-    return ChatClient(cfg.bench.judge, base_url=base_url, cache_dir=join_uri(cfg.bench_dir, "judge_cache"))
+    return _LazyJudge(cfg, stack)
 
 
 def run(cfg: "PipelineConfig") -> dict:
@@ -85,7 +102,7 @@ def run(cfg: "PipelineConfig") -> dict:
             scores = compute_scores(evaluated, bench.confidence)
             results[model.name] = {"engine": model.engine, "path": model.path if model.engine != "openai" else None,
                                    "generation": generation[model.name], "evaluation": eval_counts, **scores}
-        judge_stats = client.stats.as_dict() if client is not None else None
+        judge_stats = client.stats() if client is not None else None
     report = {"run": cfg.name, "prompts": prompts_path(cfg), "rule": bench.rule,
               "judge_prompts": list(bench.judge_prompts) if client is not None else [],
               "judge_model": bench.judge.model if client is not None else None, "judge_client": judge_stats,
