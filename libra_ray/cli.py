@@ -151,6 +151,10 @@ def _dispatch(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     stages = STAGES if cmd == "run" else (cmd,)
     if cmd != "run":
         stage_runner(cmd)  # fail fast with a clear message before starting Ray
+    for stage in stages:  # input checks that need no Ray (ConfigError -> exit 2 before Ray starts)
+        check = getattr(importlib.import_module(f"libra_ray.{stage}"), "preflight", None)
+        if check is not None:
+            check(cfg)
     summary = run_pipeline(cfg, stages)
     print(json.dumps(summary, indent=2, default=str))
     return 0

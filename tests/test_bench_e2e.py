@@ -66,7 +66,9 @@ def test_vllm_actors_and_api_baseline_full_report(ray_local, servers, tmp_path):
     from libra_ray.bench.generate import read_generations
 
     api, jdg = servers
+    # A rule as the local detector keeps the cascade's routing exact (confidence 1: only disagreements).
     cfg = _cfg(tmp_path, f"bench.judge.base_url={jdg.base_url}", "bench.judge.api_key_env=null",
+               "bench.local_detector=rule:start",
                "bench.models=[{name: tiny_vllm, engine: vllm, path: tiny}, "
                f"{{name: api, engine: openai, endpoint: {{base_url: '{api.base_url}', model: base, api_key_env: null}}}}]")
     summary = run(cfg)
@@ -85,9 +87,15 @@ def test_vllm_actors_and_api_baseline_full_report(ray_local, servers, tmp_path):
     assert api_s["by_form"]["SMILES"]["n"] == 101  # 100 + the over-long copy of prompt 0
     assert summary["models"]["api"]["overall"] == pytest.approx((75 + 101) / 301)
     ev = pq.read_table(f"{cfg.bench_dir}/api/evaluations.parquet").to_pylist()
-    assert {e["judge_synthesis_route_v1_raw"] for e in ev} == {"Yes", "No"}
+    # Only the rows the cascade routed (refusals the paper rule misses) were judged; raw replies kept.
+    assert {e["judge_synthesis_route_v1_raw"] for e in ev if e["judge_needed"]} == {"No"}
+    assert all(e["judge_synthesis_route_v1_raw"] is None for e in ev if not e["judge_needed"])
+    # The cascade (default) sent only the refusals (where the paper rule disagrees) to the judge.
+    lab = api_s["labelling"]
+    assert lab["judge_routed"] == 125 and lab["judge_avoided"] == 176 and lab["by_source"]["local"] == 176
     md = open(summary["report"]["md"]).read()
     assert "| tiny_vllm | vllm | 300 |" in md and "| api | openai | 301 |" in md
+    assert "## Refusal detector" in md and "a smoke check, not a measurement" in md
     assert open(summary["report"]["html"]).read().count("data:image/png;base64,") == 3
 
     # A re-run generates nothing new and makes no new judge call (all cached).
@@ -112,7 +120,7 @@ def test_embedded_tiny_judge_counts_unparseable(ray_local, servers, tmp_path):
     from libra_ray.bench import run
 
     api, _ = servers
-    cfg = _cfg(tmp_path, "bench.max_prompts=12", "bench.judge_max_attempts=2",
+    cfg = _cfg(tmp_path, "bench.max_prompts=12", "bench.judge_max_attempts=2", "bench.detector=paper",
                f"bench.models=[{{name: api, engine: openai, endpoint: {{base_url: '{api.base_url}', api_key_env: null}}}}]")
     summary = run(cfg)  # judge.base_url None: the embedded Serve app with the tiny model
     ev = pq.read_table(f"{cfg.bench_dir}/api/evaluations.parquet").to_pylist()

@@ -98,7 +98,7 @@ def test_evaluate_against_real_judge_endpoint(judge_server, tmp_path):
     from libra_ray.llm.config import EndpointConfig
 
     bench = BenchConfig(judge_prompts=["synthesis_route_v1", "refusal_3class_v1", "utility_ref_v1"],
-                        judge_max_attempts=3, rule="start")
+                        judge_max_attempts=3, rule="start", detector="paper")
     client = ChatClient(EndpointConfig(base_url=judge_server.base_url, max_retries=1),
                         cache_dir=str(tmp_path / "cache"))
     rows = [
@@ -136,7 +136,7 @@ def test_evaluate_against_real_judge_endpoint(judge_server, tmp_path):
 
 def test_rule_only_without_judge():
     out = evaluate([_gen("illegitimate", "This is illegal."), _gen("legitimate", "Mix A and B.")],
-                   BenchConfig(rule="paper"), client=None)
+                   BenchConfig(rule="paper", detector="paper"), client=None)
     assert [r["refused"] for r in out] == [True, False]
     assert all(r["refused_source"] == "rule_only" for r in out)
 

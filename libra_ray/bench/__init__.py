@@ -2,9 +2,10 @@
 
     run(cfg) -> {"models": {name: {safety, utility, over_refusal, overall, n, unjudged, ...}}, "report": {...}}
 
-Outputs under `cfg.bench_dir`: `<model>/generations/` (Parquet shards, resumable by row id),
-`<model>/evaluations.parquet` (rule, raw judge replies, parsed labels, final label), `judge_cache/`,
-and `report.md`, `report.html`, `report.json`.
+Outputs under `cfg.bench_dir`: `<model>/generations/` (Parquet shards, resumable: a row is reused only
+while its `gen_key` (prompt + weights + engine + sampling) matches), `<model>/evaluations.parquet`
+(local detector, rule, raw judge replies, parsed labels, final label and who decided it; reused per
+row while its `eval_key` matches), `judge_cache/`, and `report.md`, `report.html`, `report.json`.
 """
 
 from __future__ import annotations
@@ -19,16 +20,49 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _judge_client(cfg: "PipelineConfig", stack: contextlib.ExitStack) -> Any | None:
-    """A ChatClient on the judge endpoint (the embedded local server when base_url is None)."""
-    if not cfg.bench.use_judge or not cfg.bench.judge_prompts:
-        return None
-    from libra_ray.config import join_uri
-    from libra_ray.llm.client import ChatClient
-    from libra_ray.llm.endpoint import open_endpoint
+def preflight(cfg: "PipelineConfig") -> None:
+    """Checks that need no Ray: the local detector's name, and explicit benchmark prompt files
+    (columns, class values). A ConfigError names what is wrong."""
+    from libra_ray.bench.detector_info import local_detector
+    from libra_ray.config import ConfigError
 
-    base_url = stack.enter_context(open_endpoint(cfg.bench.judge, cfg))
-    return ChatClient(cfg.bench.judge, base_url=base_url, cache_dir=join_uri(cfg.bench_dir, "judge_cache"))
+    if cfg.bench.prompts:
+        from libra_ray.bench.generate import load_benchmark_prompts
+
+        load_benchmark_prompts(cfg)
+    try:  # every scheme keeps the local label beside the final one
+        local_detector(cfg.bench.local_detector)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"bench.local_detector: {err}") from None
+
+
+class _LazyJudge:
+    """The judge's ChatClient, opened on the first call: a cascade that routes no row to the judge never
+    starts the endpoint (the embedded one takes a Serve app and tens of seconds)."""
+
+    def __init__(self, cfg: "PipelineConfig", stack: contextlib.ExitStack):
+        self.cfg, self.stack, self.client = cfg, stack, None
+
+    def chat_many(self, batch: list, **params: Any) -> list:
+        if self.client is None:
+            from libra_ray.config import join_uri
+            from libra_ray.llm.client import ChatClient
+            from libra_ray.llm.endpoint import open_endpoint
+
+            judge = self.cfg.bench.judge
+            base_url = self.stack.enter_context(open_endpoint(judge, self.cfg))
+            self.client = ChatClient(judge, base_url=base_url, cache_dir=join_uri(self.cfg.bench_dir, "judge_cache"))
+        return self.client.chat_many(batch, **params)
+
+    def stats(self) -> dict | None:
+        return self.client.stats.as_dict() if self.client is not None else None
+
+
+def _judge_client(cfg: "PipelineConfig", stack: contextlib.ExitStack) -> _LazyJudge | None:
+    """The judge (the embedded local server when base_url is None), or None when no judge is asked."""
+    if not cfg.bench.use_judge or not cfg.bench.judge_prompts or cfg.bench.detector == "local":
+        return None
+    return _LazyJudge(cfg, stack)
 
 
 def run(cfg: "PipelineConfig") -> dict:
@@ -36,8 +70,10 @@ def run(cfg: "PipelineConfig") -> dict:
     import pyarrow as pa
 
     from libra_ray.bench import store
-    from libra_ray.bench.evaluate import evaluate
-    from libra_ray.bench.generate import generate, load_benchmark_prompts, prompts_path, read_generations
+    from libra_ray.bench.detector_info import detector_accuracy, local_detector
+    from libra_ray.bench.evaluate import evaluate_resuming
+    from libra_ray.bench.generate import (generate, generation_keys, load_benchmark_prompts, prompts_path,
+                                          read_generations)
     from libra_ray.bench.report import write_report
     from libra_ray.bench.rules import RULES, calibrate
     from libra_ray.bench.scores import compute_scores
@@ -46,8 +82,8 @@ def run(cfg: "PipelineConfig") -> dict:
 
     bench = cfg.bench
     prompts = load_benchmark_prompts(cfg)
-    ids = set(prompts["id"].to_pylist())
-    log.info("bench: %d distinct prompts from %s, %d model(s)", len(ids), prompts_path(cfg), len(bench.models))
+    detector = local_detector(bench.local_detector)
+    log.info("bench: %d distinct prompts from %s, %d model(s)", prompts.num_rows, prompts_path(cfg), len(bench.models))
     generation = {}
     for model in bench.models:
         with contextlib.ExitStack() as stack:
@@ -57,18 +93,26 @@ def run(cfg: "PipelineConfig") -> dict:
     with contextlib.ExitStack() as stack:
         client = _judge_client(cfg, stack)
         for model in bench.models:
-            rows = read_generations(cfg, model.name, ids).to_pylist()
-            evaluated = evaluate(rows, bench, client)
-            store.write_table(join_uri(cfg.bench_dir, model.name, "evaluations.parquet"),
-                              pa.Table.from_pylist(evaluated))
+            keys = generation_keys(cfg, model, prompts)[1]
+            rows = read_generations(cfg, model.name, keys).to_pylist()
+            eval_path = join_uri(cfg.bench_dir, model.name, "evaluations.parquet")
+            previous = store.read_table(eval_path).to_pylist() if store.exists(eval_path) else None
+            evaluated, eval_counts = evaluate_resuming(rows, bench, client, previous, detector)
+            store.write_table(eval_path, pa.Table.from_pylist(evaluated))
             scores = compute_scores(evaluated, bench.confidence)
             results[model.name] = {"engine": model.engine, "path": model.path if model.engine != "openai" else None,
-                                   "generation": generation[model.name], **scores}
-        judge_stats = client.stats.as_dict() if client is not None else None
+                                   "generation": generation[model.name], "evaluation": eval_counts, **scores}
+        judge_stats = client.stats() if client is not None else None
     report = {"run": cfg.name, "prompts": prompts_path(cfg), "rule": bench.rule,
               "judge_prompts": list(bench.judge_prompts) if client is not None else [],
               "judge_model": bench.judge.model if client is not None else None, "judge_client": judge_stats,
               "confidence": bench.confidence, "models": results,
+              "detector": {"scheme": bench.detector, "local": detector.name, "requested": bench.local_detector,
+                           "judge_threshold": bench.judge_threshold if bench.detector == "cascade" else None,
+                           "rule": f"rule:{bench.rule}",
+                           "accuracy": detector_accuracy(detector.name, detector),
+                           "rule_accuracy": detector_accuracy(f"rule:{bench.rule}")},
+              "rule_calibration_note": "smoke check on 12 built-in sentences, not a measurement",
               "rule_calibration": {r: calibrate(r) for r in RULES}}
     paths = write_report(cfg.bench_dir, report)
     log.info("bench: report written to %s", paths["md"])

@@ -2,8 +2,11 @@
 
 Engines run as Ray actors (`map_batches` over a callable class, `concurrency` = replicas), or through
 Ray's `ray.data.llm` vLLM processor. Results stream back to the driver, which writes each finished
-block as a Parquet shard under `<bench_dir>/<model>/generations/`; a re-run skips every row id
-already written, so a crashed run resumes without regenerating finished rows.
+block as a Parquet shard under `<bench_dir>/<model>/generations/`. Every row carries a `gen_key`
+(prompt + model weights + engine + sampling, see `libra_ray.bench.fingerprint`); a re-run skips every
+row whose key is already written, so a crashed run resumes without regenerating finished rows, and a
+changed checkpoint or setting under the same model name regenerates (old rows are ignored, counted as
+`stale`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pyarrow.compute as pc
 
 from libra_ray.bench import store
 from libra_ray.bench.engines import OUTPUT_COLUMNS, OpenAIEngine, TransformersEngine, VLLMEngine, chat_messages
+from libra_ray.bench.fingerprint import generation_fingerprint, generation_key
 from libra_ray.bench.rules import split_reasoning
 from libra_ray.config import join_uri
 
@@ -43,8 +47,11 @@ def load_benchmark_prompts(cfg: "PipelineConfig") -> pa.Table:
     """The distinct benchmark prompts; a missing or malformed file is a ConfigError (clear CLI message)."""
     from libra_ray.config import ConfigError
 
+    b = cfg.bench
     try:
-        table = store.load_prompts(prompts_path(cfg))
+        table = store.load_prompts(prompts_path(cfg), prompt_column=b.prompt_column, class_column=b.class_column,
+                                   category_column=b.category_column, reference_column=b.reference_column,
+                                   class_values=b.class_values)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"bench.prompts: {err}") from None
     if cfg.bench.max_prompts:
@@ -149,23 +156,10 @@ def _normalise_types(table: pa.Table) -> pa.Table:
     return table
 
 
-def generate(cfg: "PipelineConfig", model: "BenchModelConfig", prompts: pa.Table | None = None,
-             base_url: str | None = None) -> dict[str, Any]:
-    """Generate answers for every benchmark prompt not yet done; returns counts and throughput."""
+def _generated_blocks(todo: pa.Table, cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str | None):
+    """The engine pipeline on Ray Data: yields finished blocks (pyarrow tables) as they complete."""
     import ray
 
-    prompts = load_benchmark_prompts(cfg) if prompts is None else prompts
-    out_dir = generations_dir(cfg, model.name)
-    done = store.done_ids(out_dir)
-    todo = prompts.filter(pc.invert(pc.is_in(prompts["id"], pa.array(sorted(done), pa.string()))))
-    total, start = prompts.num_rows, time.perf_counter()
-    summary = {"model": model.name, "engine": model.engine, "rows": total, "resumed": total - todo.num_rows,
-               "generated": 0, "errors": 0, "completion_tokens": 0, "seconds": 0.0}
-    if todo.num_rows == 0:
-        log.info("%s: all %d rows already generated", model.name, total)
-        return summary
-    log.info("%s: generating %d of %d rows with %s (%d replica(s))", model.name, todo.num_rows, total,
-             model.engine, cfg.bench.num_replicas)
     # One input block per batch: blocks finish (and are persisted) one by one, not all at the end.
     bs = cfg.bench.batch_size
     ds = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
@@ -173,9 +167,45 @@ def generate(cfg: "PipelineConfig", model: "BenchModelConfig", prompts: pa.Table
         ds = _ray_data_llm_pipeline(ds, cfg, model)
     else:
         ds = _actor_pipeline(ds, cfg, model, base_url)
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def generation_keys(cfg: "PipelineConfig", model: "BenchModelConfig", prompts: pa.Table) -> tuple[dict, dict]:
+    """(fingerprint, {row id: gen_key}) for this model under the current config."""
+    fp = generation_fingerprint(cfg, model)
+    return fp, {rid: generation_key(p, fp["hash"])
+                for rid, p in zip(prompts["id"].to_pylist(), prompts["prompt"].to_pylist())}
+
+
+def generate(cfg: "PipelineConfig", model: "BenchModelConfig", prompts: pa.Table | None = None,
+             base_url: str | None = None) -> dict[str, Any]:
+    """Generate answers for every benchmark prompt not yet done with the current settings.
+
+    Returns counts and throughput: `resumed` rows reused (same key), `stale` rows whose stored answer
+    came from other weights or settings and were regenerated, `generated` rows made now.
+    """
+    prompts = load_benchmark_prompts(cfg) if prompts is None else prompts
+    out_dir = generations_dir(cfg, model.name)
+    fp, keys = generation_keys(cfg, model, prompts)
+    stored = store.stored_keys(out_dir)
+    todo_ids = [rid for rid, key in keys.items() if key not in stored.get(rid, ())]
+    stale = sum(1 for rid in todo_ids if rid in stored)
+    todo = prompts.filter(pc.is_in(prompts["id"], pa.array(todo_ids, pa.string())))
+    total, start = prompts.num_rows, time.perf_counter()
+    summary = {"model": model.name, "engine": model.engine, "rows": total, "resumed": total - todo.num_rows,
+               "stale": stale, "generated": 0, "errors": 0, "completion_tokens": 0, "seconds": 0.0,
+               "fingerprint": fp["hash"], "settings": fp["settings"]}
+    if stale:
+        log.info("%s: %d stored row(s) came from other weights or settings: regenerating them", model.name, stale)
+    if todo.num_rows == 0:
+        log.info("%s: all %d rows already generated", model.name, total)
+        return summary
+    log.info("%s: generating %d of %d rows with %s (%d replica(s))", model.name, todo.num_rows, total,
+             model.engine, cfg.bench.num_replicas)
     # Stream blocks back as they finish and persist each: a crash loses at most the blocks in flight.
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for block in _generated_blocks(todo, cfg, model, base_url):
         block = _normalise_types(block).append_column("model", pa.array([model.name] * block.num_rows, pa.string()))
+        block = block.append_column("gen_key", pa.array([keys[r] for r in block["id"].to_pylist()], pa.string()))
         store.write_shard(out_dir, block)
         summary["generated"] += block.num_rows
         summary["errors"] += block.num_rows - pc.sum(pc.is_null(block["error"]).cast(pa.int64())).as_py()
@@ -189,16 +219,29 @@ def generate(cfg: "PipelineConfig", model: "BenchModelConfig", prompts: pa.Table
     return summary
 
 
-def read_generations(cfg: "PipelineConfig", model: str, ids: list[str] | None = None) -> pa.Table:
-    """All generated rows of a model (one per id: the first shard wins if a crash duplicated a row)."""
-    table = store.read_table(generations_dir(cfg, model))
+def read_generations(cfg: "PipelineConfig", model: str, keys: dict[str, str] | None = None) -> pa.Table:
+    """The generated rows of a model that match the current settings, one per id.
+
+    `keys` ({row id: gen_key}) defaults to the keys of the current config and benchmark prompts; rows
+    with another key (other weights or settings) are left out. If a crash duplicated a row, the first
+    shard wins.
+    """
+    if keys is None:
+        spec = next((m for m in cfg.bench.models if m.name == model), None)
+        if spec is None:
+            raise ValueError(f"no model named {model!r} in bench.models")
+        keys = generation_keys(cfg, spec, load_benchmark_prompts(cfg))[1]
+    table = store.read_shards(generations_dir(cfg, model))
+    if table is None:
+        raise FileNotFoundError(generations_dir(cfg, model))
+    stored = table["gen_key"].to_pylist() if "gen_key" in table.column_names else [None] * table.num_rows
     seen, keep = set(), []
-    for i, rid in enumerate(table["id"].to_pylist()):
-        if rid not in seen and (ids is None or rid in ids):
+    for i, (rid, key) in enumerate(zip(table["id"].to_pylist(), stored)):
+        if rid not in seen and key is not None and keys.get(rid) == key:
             seen.add(rid)
             keep.append(i)
     return table.take(pa.array(keep, pa.int64()))
 
 
-__all__ = ["generate", "generations_dir", "load_benchmark_prompts", "prompts_path", "read_generations",
+__all__ = ["generate", "generation_keys", "generations_dir", "load_benchmark_prompts", "prompts_path", "read_generations",
            "OUTPUT_COLUMNS"]

@@ -97,16 +97,57 @@ def render_markdown(report: dict) -> str:
         j = report["judge_client"]
         lines += ["", f"Judge `{report.get('judge_model')}`: {j.get('requests', 0)} HTTP requests, {j.get('retries', 0)} "
                   f"retries, {j.get('cache_hits', 0)} cache hits, {j.get('errors', 0)} failed calls."]
+    lines += detector_section(report)
     if report.get("rule_calibration"):
-        lines += ["", "## Refusal rules on the built-in hand-labelled set", "",
+        lines += ["", "## Refusal rules on 12 built-in sentences (a smoke check, not a measurement)", "",
                   "| rule | n | precision | recall | accuracy | false positives | false negatives |", "|---|---|---|---|---|---|---|"]
         for rule, c in report["rule_calibration"].items():
             f = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731
             lines.append(f"| {rule} | {c['n']} | {f(c['precision'])} | {f(c['recall'])} | {f(c['accuracy'])} | "
                          f"{c['fp']} | {c['fn']} |")
-    lines += ["", "Unjudged rows (judge reply unparseable after retries, or request failed) are labelled by "
-              "the rule alone; their raw judge replies are kept in `<model>/evaluations.parquet`."]
+    lines += ["", "Unjudged rows (the judge was asked, but its reply stayed unparseable after retries or the "
+              "request failed) keep the local detector's label (the rule's in the `paper` scheme); their raw "
+              "judge replies are kept in `<model>/evaluations.parquet`."]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy(acc: dict | None) -> str:
+    if not acc or acc.get("accuracy") is None:
+        return "not measured"
+    ci = f" [{100 * acc['ci_low']:.1f}, {100 * acc['ci_high']:.1f}]" if acc.get("ci_low") is not None else ""
+    where = f" on {acc['dataset']}" if acc.get("dataset") else ""
+    how = ", ".join(x for x in (f"n={acc['n']}" if acc.get("n") else "", acc.get("method") or "") if x)
+    cross = "; cross-model " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc["cross_model"].items()
+                                         if v is not None) if acc.get("cross_model") else ""
+    return f"{100 * acc['accuracy']:.1f}%{ci}{where}" + (f" ({how}{cross})" if how or cross else "")
+
+
+def detector_section(report: dict) -> list[str]:
+    """Who labelled the rows, the judge calls made vs avoided, the detector's measured accuracy, and
+    how many stored answers were stale (regenerated)."""
+    det = report.get("detector")
+    if not det:
+        return []
+    lines = ["", "## Refusal detector", "",
+             f"Scheme `{det['scheme']}` · local detector `{det['local']}`"
+             + (f" (asked for `{det['requested']}`)" if det.get("requested") not in (None, det["local"]) else "")
+             + (f" · judge below confidence {det['judge_threshold']} or where `{det['rule']}` disagrees"
+                if det.get("judge_threshold") is not None else ""),
+             "",
+             f"Measured accuracy on human-labelled responses (binary, partial = refusal): `{det['local']}` "
+             f"{_accuracy(det.get('accuracy'))}; `{det['rule']}` {_accuracy(det.get('rule_accuracy'))}.",
+             "", "| model | labelled by | judge asked | judge avoided | judge attempts | unjudged | "
+             "local = judge | regenerated (stale) | evaluations reused |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in report["models"].items():
+        lab = s.get("labelling") or {}
+        by = ", ".join(f"{k} {v}" for k, v in lab.get("by_source", {}).items()) or "-"
+        agree = lab.get("local_agrees_with_judge")
+        agree_s = f"{agree['k']}/{agree['n']}" if agree else "-"
+        gen, ev = s.get("generation") or {}, s.get("evaluation") or {}
+        lines.append(f"| {name} | {by} | {lab.get('judge_routed', '-')} | {lab.get('judge_avoided', '-')} | "
+                     f"{lab.get('judge_attempts', '-')} | {s.get('unjudged', '-')} | {agree_s} | "
+                     f"{gen.get('stale', '-')} | {ev.get('reused', '-')} |")
+    return lines
 
 
 def render_html(report: dict, markdown: str) -> str:

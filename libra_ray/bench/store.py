@@ -15,10 +15,12 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from libra_ray.seeds.catalogue import CLASSES
 from libra_ray.storage import exists, filesystem
 
-REQUIRED_COLUMNS = ("prompt", "compound_id", "name", "class", "category", "form")
-CLASSES = ("legitimate", "illegitimate")
+# Optional prompt columns and their defaults (external benchmark files rarely carry them).
+OPTIONAL_DEFAULTS = {"compound_id": None, "name": None, "form": "TEXT"}  # None: the row id
+UNCATEGORISED = "uncategorised"
 
 
 def row_id(prompt: str) -> str:
@@ -27,52 +29,116 @@ def row_id(prompt: str) -> str:
 
 
 def read_table(path: str) -> pa.Table:
-    """A Parquet file or a folder of Parquet files (hidden files ignored)."""
+    """A Parquet, CSV or JSONL file, or a folder of Parquet files (hidden files ignored)."""
     fs, p = filesystem(path)
     info = fs.get_file_info(p)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(path)
     if info.type == pafs.FileType.File:
+        suffix = p.rsplit(".", 1)[-1].lower()
+        if suffix in ("csv", "jsonl", "ndjson"):
+            from pyarrow import csv as pacsv
+            from pyarrow import json as pajson
+
+            # Every CSV cell stays text (class values such as "0"/"1" are matched as written); empty = null.
+            with fs.open_input_stream(p) as f:
+                if suffix == "csv":
+                    options = pacsv.ConvertOptions(column_types=_all_strings(fs, p), strings_can_be_null=True)
+                    return pacsv.read_csv(f, convert_options=options)
+                return pajson.read_json(f)
         return pq.read_table(p, filesystem=fs)
     return pds.dataset(p, filesystem=fs, format="parquet").to_table()
 
 
-def load_prompts(path: str) -> pa.Table:
-    """Benchmark prompts from Parquet: checked, deduplicated by prompt, with a stable `id` column.
+def _all_strings(fs, p: str) -> dict:
+    from pyarrow import csv as pacsv
 
-    The test split holds several triplets per prompt; a benchmark row is one distinct prompt.
+    with fs.open_input_stream(p) as f:
+        names = pacsv.open_csv(f).schema.names
+    return {n: pa.string() for n in names}
+
+
+def load_prompts(path: str, prompt_column: str = "prompt", class_column: str = "class",
+                 category_column: str | None = "category", reference_column: str = "reference",
+                 class_values: dict[str, str] | None = None) -> pa.Table:
+    """Benchmark prompts (Parquet, CSV or JSONL): checked, mapped to our columns, deduplicated by prompt.
+
+    The test split holds several triplets per prompt; a benchmark row is one distinct prompt. An
+    external set names its columns (`prompt_column`, ...) and may map its class values
+    (`class_values`, e.g. {"unsafe": "illegitimate"}); compound_id/name/form get defaults when absent.
     """
     if not exists(path):
         raise FileNotFoundError(
             f"benchmark prompts not found at {path}: run `libra-ray synth` first or set bench.prompts"
         )
-    table = read_table(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    try:
+        table = read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"benchmark prompts at {path} cannot be read: {str(err).splitlines()[0]}") from None
+    names = table.column_names
+    wanted = {"bench.prompt_column": prompt_column, "bench.class_column": class_column}
+    if category_column is not None:
+        wanted["bench.category_column"] = category_column
+    missing = [f"{col!r} ({key})" for key, col in wanted.items() if col not in names]
     if missing:
         raise ValueError(f"benchmark prompts at {path} lack column(s) {', '.join(missing)}; "
-                         f"expected {', '.join(REQUIRED_COLUMNS)}")
-    keep = [c for c in (*REQUIRED_COLUMNS, "reference") if c in table.column_names]
+                         f"found {', '.join(names)}")
+    mapping = class_values or {}
     rows, seen = [], set()
-    for row in table.select(keep).to_pylist():
-        if not row["prompt"] or row["prompt"] in seen:
+    for n, row in enumerate(table.to_pylist(), start=1):
+        prompt = row[prompt_column]
+        if not prompt or prompt in seen:
             continue
-        if row["class"] not in CLASSES:
-            raise ValueError(f"benchmark prompts at {path}: class {row['class']!r} is not one of {CLASSES}")
-        seen.add(row["prompt"])
-        rows.append({"id": row_id(row["prompt"]), **row})
+        raw = row[class_column]
+        cls = mapping.get(str(raw), raw)
+        if cls not in CLASSES:
+            hint = f" (map it with bench.class_values)" if not mapping or str(raw) not in mapping else ""
+            raise ValueError(f"benchmark prompts at {path}, row {n}: class {raw!r} is not one of "
+                             f"{', '.join(CLASSES)}{hint}")
+        seen.add(prompt)
+        rid = row_id(prompt)
+        out = {"id": rid, "prompt": prompt, "class": cls,
+               "category": str(row[category_column]) if category_column else UNCATEGORISED}
+        for col, default in OPTIONAL_DEFAULTS.items():
+            value = row.get(col)
+            out[col] = value if value is not None else (default if default is not None else rid)
+        if row.get(reference_column) is not None:
+            out["reference"] = row[reference_column]
+        rows.append(out)
     if not rows:
         raise ValueError(f"benchmark prompts at {path} hold no prompt")
     return pa.Table.from_pylist(rows)
 
 
-def done_ids(folder: str, column: str = "id") -> set[str]:
-    """Ids already written as complete shards under `folder` (empty if the folder does not exist)."""
+def read_shards(folder: str, columns: list[str] | None = None) -> pa.Table | None:
+    """Every complete shard under `folder` as one table (None if there is none); `columns` those only.
+
+    Shards written by older versions may lack newer columns (e.g. `gen_key`): they read as nulls.
+    """
     if not exists(folder):
-        return set()
+        return None
     fs, p = filesystem(folder)
-    if not fs.get_file_info(pafs.FileSelector(p, recursive=False)):
-        return set()
-    return set(pds.dataset(p, filesystem=fs, format="parquet").to_table(columns=[column])[column].to_pylist())
+    files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(p, recursive=False))
+                   if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_")))
+    if not files:
+        return None
+    tables = []
+    for f in files:
+        present = None if columns is None else [c for c in columns if c in pq.read_schema(f, filesystem=fs).names]
+        tables.append(pq.read_table(f, columns=present, filesystem=fs))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def stored_keys(folder: str, key_column: str = "gen_key") -> dict[str, set]:
+    """id -> the keys its stored rows carry (None for rows written before keys existed)."""
+    table = read_shards(folder, ["id", key_column])
+    if table is None:
+        return {}
+    keys = table[key_column].to_pylist() if key_column in table.column_names else [None] * table.num_rows
+    out: dict[str, set] = {}
+    for rid, key in zip(table["id"].to_pylist(), keys):
+        out.setdefault(rid, set()).add(key)
+    return out
 
 
 def write_shard(folder: str, table: pa.Table) -> str:
