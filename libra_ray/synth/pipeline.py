@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from libra_ray.config import join_uri
-from libra_ray.seeds import load_catalogue, make_seeds, sample_compounds
+from libra_ray.seeds import plan_seeds
 from libra_ray.storage import filesystem
 from libra_ray.synth import prompts as P
 from libra_ray.synth.safety import actionable_reasons
@@ -53,15 +53,15 @@ def split_compounds(compound_ids_by_class: dict[str, list[str]], test_fraction: 
 
 
 def phase1_rows(synth: "SynthConfig") -> list[dict]:
-    """One row per seed (compound x form): identity, split, seed request and seed responses."""
-    compounds = sample_compounds(load_catalogue(synth.seeds_csv), synth.num_legitimate, synth.num_illegitimate,
-                                 seed=synth.seed, forms=synth.forms)
+    """One row per seed (compound x form; a TEXT-only compound has no SMILES row): identity, split, seed
+    request and seed responses. The seeds come from `plan_seeds`, the same function the CLI checks first."""
+    seeds = plan_seeds(synth)
     by_class: dict[str, list[str]] = {}
-    for c in compounds:
-        by_class.setdefault(c.cls, []).append(c.compound_id)
+    for seed in seeds:
+        by_class.setdefault(seed.cls, []).append(seed.compound_id)
     test_ids = split_compounds(by_class, synth.test_fraction, synth.seed)
     rows = []
-    for s in make_seeds(compounds, synth.forms):
+    for s in seeds:
         refusal = P.seed_refusal(s.subject, s.cls, s.category)
         if s.cls == "illegitimate":  # flip labels: refuse the illegitimate, answer the legitimate
             chosen, rejected = refusal, P.seed_compliance(s.subject)
