@@ -14,7 +14,7 @@ is computed by RDKit from the catalogue's SMILES, and the two are compared:
 - mismatch:     a different compound, unexplained: a wrong SMILES in the catalogue (exit status 1)
 - unknown:      the reference does not know the name (most controlled substances), or the name is an
                 acronym/code and is not looked up; shown with the reference's name for our structure
-                when it knows the structure under another name
+                when it knows the structure under another name (informative: a name is not checked that way)
 
 Only names and structures are compared; nothing here is about how a compound is made.
 """
@@ -26,6 +26,7 @@ import json
 import re
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from libra_ray.seeds.catalogue import CATALOGUE_PATH, Compound, load_catalogue, slugify
@@ -71,7 +72,7 @@ class CheckRow:
     name: str
     status: str  # one of STATUSES
     ours: str  # our InChIKey ("" for a TEXT-only compound)
-    reference: str  # the reference's InChIKey for the name ("" when it has none)
+    reference: str  # the reference's InChIKey for the name (for an unknown name: for our structure), or ""
     reference_name: str  # the reference's common name for what it found
     note: str = ""
 
@@ -101,7 +102,19 @@ def _search():
         from chemicals.identifiers import search_chemical
     except ImportError as err:
         raise MissingReference(INSTALL_HINT) from err
-    return search_chemical
+    return _cached(search_chemical)
+
+
+@lru_cache(maxsize=None)
+def _cached(search):
+    @lru_cache(maxsize=None)
+    def lookup(query: str):
+        try:
+            return search(query)
+        except Exception:  # noqa: BLE001 - the reference raises ValueError for what it does not know
+            return None
+
+    return lookup
 
 
 # A code or acronym: two capitals in a row (MDMA, VX, JWH-018, alpha-PVP, HEPES), a digit before a capital
@@ -122,6 +135,7 @@ def lookup_names(name: str) -> list[str]:
             if not any(_CODE_WORD.search(w) for w in re.split(r"[\s,]+", _OXIDATION_STATE.sub("", p)) if w)]
 
 
+@lru_cache(maxsize=None)  # checking a second CSV in the same process recomputes only what changed
 def _keys(smiles: str) -> tuple[str, str]:
     """(InChIKey, InChIKey of the standardised parent: largest fragment, neutralised)."""
     from rdkit import Chem, RDLogger
@@ -190,20 +204,14 @@ def _check_one(c: Compound, line: int, search) -> CheckRow:
     names = lookup_names(c.name)
     found = []
     for name in names:
-        try:
-            hit = search(name)
-        except Exception:  # noqa: BLE001 - the reference raises ValueError for unknown names
-            continue
+        hit = search(name)
         if hit is not None and hit.smiles and not _parser_artifact(name, hit):
             found.append(hit)
     if not found:
         note = "acronym or code name: not looked up" if not names else "name unknown to the reference"
-        try:  # does the reference know our structure under another name? (informative only)
-            same = search(f"InChIKey={ours[0]}")
-            note += f"; our structure is '{same.common_name}' there"
-        except Exception:  # noqa: BLE001
-            pass
-        return CheckRow(line, c.compound_id, c.name, "unknown", ours[0], "", "", note)
+        same = search(f"InChIKey={ours[0]}")  # does the reference know our structure under another name?
+        return CheckRow(line, c.compound_id, c.name, "unknown", ours[0], same.InChI_key if same else "",
+                        same.common_name if same else "", note)
     results = [(compare(ours, _keys(h.smiles)), h) for h in found]
     rank = {s: i for i, s in enumerate(STATUSES)}
     status, hit = min(results, key=lambda r: rank[r[0]])
@@ -230,8 +238,12 @@ def render_markdown(report: CheckReport) -> str:
             out += [f"| {r.line} | {r.name} | {r.reference_name} | {r.note} |" for r in rows]
     unknown = [r for r in report.rows if r.status == "unknown"]
     if unknown:
+        known = sum(bool(r.reference_name) for r in unknown)
         out += ["", f"## unknown to the reference ({len(unknown)})", "",
-                ", ".join(f"{r.line}: {r.name}" for r in unknown)]
+                f"Not looked up (acronym or code name) or a name the reference lacks; for {known} of them the "
+                "reference knows our structure under the name shown after '='.", "",
+                ", ".join(f"{r.line}: {r.name}" + (f" (= {r.reference_name})" if r.reference_name else "")
+                          for r in unknown)]
     verdict = ("clean: no unexplained mismatch" if report.clean else
                f"NOT clean: {counts['mismatch']} unexplained mismatch(es); fix the SMILES or, if the reference's "
                "name is another compound or the same one drawn differently, explain it in libra_ray/seeds/check.py EXPLAINED")

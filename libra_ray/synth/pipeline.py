@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from libra_ray.config import join_uri
-from libra_ray.seeds import plan_seeds
+from libra_ray.seeds import allocate, plan_seeds
 from libra_ray.storage import filesystem
 from libra_ray.synth import prompts as P
 from libra_ray.synth.safety import actionable_reasons
@@ -39,16 +39,27 @@ CLIENT_COUNTERS = ("requests", "retries", "rate_limited", "server_errors", "time
 
 
 # ---- phase 1 ----------------------------------------------------------------------------------
-def split_compounds(compound_ids_by_class: dict[str, list[str]], test_fraction: float, seed: int) -> set[str]:
+def split_compounds(compound_ids_by_class: dict[str, list[str]], test_fraction: float, seed: int,
+                    categories: dict[str, str] | None = None) -> set[str]:
     """Test compound ids: `test_fraction` of each class (at least one, and never all, when a class has
-    two or more compounds and test_fraction > 0). Deterministic by seed."""
+    two or more compounds and test_fraction > 0). Deterministic by seed.
+
+    With `categories` (compound id -> category) the test share of a class is spread over its categories
+    in proportion to their sizes (largest remainder, as the sampler does), so every category is evaluated."""
     test: set[str] = set()
     for cls, ids in sorted(compound_ids_by_class.items()):
         ids = sorted(set(ids))
         if test_fraction <= 0 or len(ids) < 2:
             continue
         k = min(len(ids) - 1, max(1, round(test_fraction * len(ids))))
-        test.update(random.Random(f"{seed}:split:{cls}").sample(ids, k))
+        if categories is None:
+            test.update(random.Random(f"{seed}:split:{cls}").sample(ids, k))
+            continue
+        by_cat: dict[str, list[str]] = {}
+        for i in ids:
+            by_cat.setdefault(categories[i], []).append(i)
+        for category, quota in allocate(k, {c: len(v) for c, v in by_cat.items()}).items():
+            test.update(random.Random(f"{seed}:split:{cls}:{category}").sample(by_cat[category], quota))
     return test
 
 
@@ -59,7 +70,8 @@ def phase1_rows(synth: "SynthConfig") -> list[dict]:
     by_class: dict[str, list[str]] = {}
     for seed in seeds:
         by_class.setdefault(seed.cls, []).append(seed.compound_id)
-    test_ids = split_compounds(by_class, synth.test_fraction, synth.seed)
+    categories = {seed.compound_id: seed.category for seed in seeds}
+    test_ids = split_compounds(by_class, synth.test_fraction, synth.seed, categories)
     rows = []
     for s in seeds:
         refusal = P.seed_refusal(s.subject, s.cls, s.category)
