@@ -28,14 +28,16 @@ def test_shipped_catalogue_has_no_unexplained_mismatch(report):
     assert not mismatches, mismatches
     assert counts["match"] > counts["unknown"] and sum(counts.values()) == len(report.rows)
     # The explained list does not rot: every entry names a catalogue compound that still needs it.
-    explained = {r.compound_id for r in report.rows if r.status == "explained"}
-    assert explained == set(EXPLAINED)
+    explained = {r.compound_id: r.ours for r in report.rows if r.status == "explained"}
+    assert explained == {cid: key for cid, (key, _reason) in EXPLAINED.items()}
 
 
 def test_a_corrupted_smiles_is_a_mismatch_and_exit_1(tmp_path, capsys):
     rows = list(csv.DictReader(CATALOGUE_PATH.open(newline="", encoding="utf-8")))
     line = next(i for i, r in enumerate(rows, start=2) if r["name"] == "Aspirin")
     rows[line - 2]["smiles"] = "CC(=O)OC1=CC=CC=C1"  # phenyl acetate: the carboxylic acid is gone
+    glucose = next(r for r in rows if r["compound_id"] == "glucose")  # an explained difference ...
+    glucose["smiles"] = "OCC1OC(O)C(O)C1O"  # ... holds only for the vetted structure, not for a pentose
     bad = tmp_path / "catalogue.csv"
     with bad.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -44,10 +46,10 @@ def test_a_corrupted_smiles_is_a_mismatch_and_exit_1(tmp_path, capsys):
     out_json = tmp_path / "check.json"
     assert main(["seeds", "check", "--csv", str(bad), "--json", str(out_json)]) == 1
     out = capsys.readouterr().out
-    assert f"| {line} | Aspirin |" in out and "NOT clean: 1 unexplained mismatch" in out
+    assert f"| {line} | Aspirin |" in out and "NOT clean: 2 unexplained mismatch" in out
     data = json.loads(out_json.read_text())
-    assert data["counts"]["mismatch"] == 1 and not data["clean"]
-    assert [r["name"] for r in data["rows"] if r["status"] == "mismatch"] == ["Aspirin"]
+    assert data["counts"]["mismatch"] == 2 and not data["clean"]
+    assert sorted(r["name"] for r in data["rows"] if r["status"] == "mismatch") == ["Aspirin", "Glucose"]
 
 
 def test_statuses_from_inchikeys():

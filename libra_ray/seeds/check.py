@@ -33,29 +33,43 @@ from libra_ray.seeds.catalogue import CATALOGUE_PATH, Compound, load_catalogue, 
 
 STATUSES = ("match", "stereo", "salt/charge", "explained", "mismatch", "unknown")
 
-# compound_id -> why the reference's entry for this name differs while our SMILES is right. Each was checked
-# by hand against the structure the name denotes (formula, substituent positions); keep the reason specific.
+# compound_id -> (the InChIKey of our structure that was checked, why the reference's entry for the name
+# differs while that structure is right). Each was checked by hand against the structure the name denotes
+# (formula, substituent positions); keep the reason specific. The explanation holds only for that exact
+# structure: if the SMILES changes, the compound is a mismatch again until someone looks.
 # Wrong SMILES do not go here: they are fixed in catalogue.csv (stanozolol, bromothymol blue, doxycycline and
 # tetrazene were, when this check was introduced).
-EXPLAINED: dict[str, str] = {
+EXPLAINED: dict[str, tuple[str, str]] = {
     # name collisions: the reference files another compound under this name
-    "butylone": "name collision: the reference files 'butylone' as an old trade name of pentobarbital sodium; "
-                "ours is the cathinone bk-MBDB",
-    "ethylsarin": "name collision: the reference's 'ethylsarin' is O-ethyl methylphosphonofluoridate (CAS 673-97-2); "
-                  "ours is GE, O-isopropyl ethylphosphonofluoridate (CAS 1189-87-3)",
-    "bis-2-chloroethylthiomethyl-ether": "name collision: the reference resolves the name to "
-                                         "bis(2-chloroethylthio)methane, a different CWC Schedule 1 mustard (ours: CAS 63918-90-1)",
-    # representation differences: same compound, drawn differently in the reference
-    "chlordiazepoxide": "representation: the reference draws the 4-oxide as an N-hydroxy tautomer",
-    "minoxidil": "representation: the reference draws the 3-oxide as an N-hydroxy tautomer",
-    "olanzapine": "representation: the reference draws the 4H amidine tautomer; ours is the usual 10H form",
-    "dimethyl-phosphite": "representation: the reference writes the H-phosphonate as [P+] without its P-H",
-    "diethyl-phosphite": "representation: the reference writes the H-phosphonate as [P+] without its P-H",
-    "mercury-fulminate": "representation: the reference writes loose atoms ([C]#[N+][O-] and [Hg]), no charges",
-    "lithium-aluminium-hydride": "representation: the reference writes [Al+3] and four [H-] instead of [AlH4-]",
-    "arsenic-trioxide": "representation: the reference writes the oxide as ions ([As+3], [O-2])",
-    "glucose": "representation: the reference draws open-chain D-glucose; ours is the pyranose ring",
-    "white-phosphorus": "representation: the reference has one entry for the element ([P]); ours is the P4 molecule",
+    "butylone": ("CGKQZIULZRXRRJ-UHFFFAOYSA-N", "name collision: the reference files 'butylone' as an old trade "
+                 "name of pentobarbital sodium; ours is the cathinone bk-MBDB"),
+    "ethylsarin": ("KXKAXOZWSFAJTG-UHFFFAOYSA-N", "name collision: the reference's 'ethylsarin' is O-ethyl "
+                   "methylphosphonofluoridate (CAS 673-97-2); ours is GE, O-isopropyl ethylphosphonofluoridate "
+                   "(CAS 1189-87-3)"),
+    "bis-2-chloroethylthiomethyl-ether": ("IJGBNRTYNRKNHS-UHFFFAOYSA-N", "name collision: the reference resolves "
+                                          "the name to bis(2-chloroethylthio)methane, a different CWC Schedule 1 "
+                                          "mustard (ours: CAS 63918-90-1)"),
+    # representation differences: the same compound, drawn differently in the reference
+    "chlordiazepoxide": ("ANTSCNMPPGJYLG-UHFFFAOYSA-N",
+                         "representation: the reference draws the 4-oxide as an N-hydroxy tautomer"),
+    "minoxidil": ("ZFMITUMMTDLWHR-UHFFFAOYSA-N",
+                  "representation: the reference draws the 3-oxide as an N-hydroxy tautomer"),
+    "olanzapine": ("KVWDHTXUZHCGIO-UHFFFAOYSA-N",
+                   "representation: the reference draws the 4H amidine tautomer; ours is the usual 10H form"),
+    "dimethyl-phosphite": ("HZCDANOFLILNSA-UHFFFAOYSA-N",
+                           "representation: the reference writes the H-phosphonate as [P+] without its P-H"),
+    "diethyl-phosphite": ("MJUJXFBTEFXVKU-UHFFFAOYSA-N",
+                          "representation: the reference writes the H-phosphonate as [P+] without its P-H"),
+    "mercury-fulminate": ("AUXQRZIGZMRZBW-UHFFFAOYSA-N",
+                          "representation: the reference writes loose atoms ([C]#[N+][O-] and [Hg]), no charges"),
+    "lithium-aluminium-hydride": ("OCZDCIYGECBNKL-UHFFFAOYSA-N",
+                                  "representation: the reference writes [Al+3] and four [H-] instead of [AlH4-]"),
+    "arsenic-trioxide": ("IKWTVSLWAPBBKU-UHFFFAOYSA-N",
+                         "representation: the reference writes the oxide as ions ([As+3], [O-2])"),
+    "glucose": ("WQZGKKKJIJFFOK-UHFFFAOYSA-N",
+                "representation: the reference draws open-chain D-glucose; ours is the pyranose ring"),
+    "white-phosphorus": ("OBSZRRSYVTXPNB-UHFFFAOYSA-N",
+                         "representation: the reference has one entry for the element ([P]); ours is the P4 molecule"),
 }
 
 INSTALL_HINT = "the seeds check needs the optional package 'chemicals': pip install 'libra-ray[chem]' (or pip install chemicals)"
@@ -94,7 +108,7 @@ class CheckReport:
     def to_json(self) -> dict:
         return {"csv": self.csv, "compounds_with_smiles": len(self.rows), "text_only": self.text_only,
                 "counts": self.counts(), "seconds": round(self.seconds, 2), "clean": self.clean,
-                "explained": EXPLAINED, "rows": [asdict(r) for r in self.rows]}
+                "explained": {k: reason for k, (_key, reason) in EXPLAINED.items()}, "rows": [asdict(r) for r in self.rows]}
 
 
 def _search():
@@ -217,8 +231,9 @@ def _check_one(c: Compound, line: int, search) -> CheckRow:
     status, hit = min(results, key=lambda r: rank[r[0]])
     ref_key = hit.InChI_key or _keys(hit.smiles)[0]
     note = ""
-    if status == "mismatch" and c.compound_id in EXPLAINED:
-        status, note = "explained", EXPLAINED[c.compound_id]
+    vetted_key, reason = EXPLAINED.get(c.compound_id, ("", ""))
+    if status == "mismatch" and vetted_key == ours[0]:
+        status, note = "explained", reason
     elif status == "mismatch":
         note = f"reference SMILES {hit.smiles} (CAS {hit.CASs})"
     return CheckRow(line, c.compound_id, c.name, status, ours[0], ref_key, hit.common_name, note)
