@@ -86,3 +86,12 @@ def test_bad_seeds_csv_from_the_real_entrypoint(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "line 3 (Broken)" in proc.stderr and "ray" not in proc.stdout.lower()
+
+
+def test_submit_checks_the_seeds_before_contacting_the_cluster(tmp_path, capsys):
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text(HEADER + GOOD_ROW + "b,Broken,C1CC(,legitimate,industrial,x\n")
+    code = main(["submit", "--address", "http://127.0.0.1:9", "--config", "jobs/quickstart.yaml", "--stage", "synth",
+                 "--set", f"synth.seeds_csv={seeds}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "line 3 (Broken)" in err and "cannot reach" not in err
