@@ -231,7 +231,7 @@ def _submit(args: argparse.Namespace, cfg) -> int:
             from libra_ray.config import load_config
 
             cfg = load_config(args.config, args.overrides)
-        if args.stage in ("synth", "run"):  # the seeds CSV travels in the working dir: check it here, before the cluster
+        if args.stage in ("synth", "run"):  # the seeds CSV travels in the working dir: check it here
             from libra_ray.seeds.plan import SeedsError, plan_seeds
 
             try:

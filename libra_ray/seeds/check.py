@@ -72,7 +72,8 @@ EXPLAINED: dict[str, tuple[str, str]] = {
                          "representation: the reference has one entry for the element ([P]); ours is the P4 molecule"),
 }
 
-INSTALL_HINT = "the seeds check needs the optional package 'chemicals': pip install 'libra-ray[chem]' (or pip install chemicals)"
+INSTALL_HINT = ("the seeds check needs the optional package 'chemicals': "
+                "pip install 'libra-ray[chem]' (or pip install chemicals)")
 
 
 class MissingReference(RuntimeError):
