@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from libra_ray.config import ConfigError, PipelineConfig, dump_config, load_config
+from libra_ray.seeds.plan import SeedsError, plan_seeds
 
 log = logging.getLogger("libra_ray")
 
@@ -27,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "submit": "submit a command as a Ray Job to a cluster and stream its logs",
     "tiny-model": "build the tiny local Llama + tokenizer used by tests and the embedded default",
     "config": "print the resolved config (defaults + file + --set overrides)",
+    "seeds": "seed catalogue tools: 'seeds check' compares every SMILES with an offline reference",
 }
 
 
@@ -78,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "seeds":  # works on a CSV, not on a pipeline config
+            from libra_ray.seeds.check import add_seeds_args
+
+            add_seeds_args(p)
+            continue
         _add_config_args(p)
         if name == "tiny-model":
             p.add_argument("--out", help="output folder (default: the cache folder used by 'tiny')")
@@ -99,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     # One line per HTTP call would bury the progress bars (thousands of teacher/judge calls).
     for noisy in ("httpx", "httpcore", "openai"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.command == "seeds":
+        from libra_ray.seeds.check import seeds_command
+
+        return seeds_command(args)
     try:
         cfg = load_config(None if getattr(args, "defaults", False) else args.config, args.overrides)
     except ConfigError as err:
@@ -106,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _dispatch(args, cfg)
-    except ConfigError as err:
+    except (ConfigError, SeedsError) as err:
         print(f"libra-ray: {err}", file=sys.stderr)
         return 2
     except NotImplementedStage as err:
@@ -151,6 +162,8 @@ def _dispatch(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     stages = STAGES if cmd == "run" else (cmd,)
     if cmd != "run":
         stage_runner(cmd)  # fail fast with a clear message before starting Ray
+    if "synth" in stages:
+        plan_seeds(cfg.synth)  # a bad seeds CSV or too large counts: one line, exit 2, before Ray starts
     for stage in stages:  # input checks that need no Ray (ConfigError -> exit 2 before Ray starts)
         check = getattr(importlib.import_module(f"libra_ray.{stage}"), "preflight", None)
         if check is not None:

@@ -231,6 +231,13 @@ def _submit(args: argparse.Namespace, cfg) -> int:
             from libra_ray.config import load_config
 
             cfg = load_config(args.config, args.overrides)
+        if args.stage in ("synth", "run"):  # the seeds CSV travels in the working dir: check it here
+            from libra_ray.seeds.plan import SeedsError, plan_seeds
+
+            try:
+                plan_seeds(cfg.synth)
+            except SeedsError as err:
+                raise SubmitError(str(err)) from None
         warning = storage_warning(cfg)
         if warning:
             print(f"[libra-ray submit] warning: {warning}", file=sys.stderr)

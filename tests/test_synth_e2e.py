@@ -18,6 +18,7 @@ import pytest
 from libra_ray.config import load_config
 from libra_ray.llm.client import cache_key
 from libra_ray.llm.testserver import TestOpenAIServer
+from libra_ray.synth.pipeline import phase1_rows
 from libra_ray.synth.testing import scripted_teacher
 
 pytestmark = pytest.mark.e2e
@@ -34,14 +35,14 @@ def test_thousand_triplets_with_faults_and_a_cluster_budget(ray_local, tmp_path)
     with TestOpenAIServer(responder=scripted_teacher, latency_s=0.05, rate_limit_rate=0.03, error_rate=0.03,
                           malformed_rate=0.02, retry_after_s=0.05, seed=7) as server:
         cfg = load_config(None, [f"storage={tmp_path}", f"synth.teacher.base_url={server.base_url}",
-                                 "synth.num_legitimate=42", "synth.num_illegitimate=42", "synth.batch_size=16",
+                                 "synth.num_legitimate=43", "synth.num_illegitimate=43", "synth.batch_size=16",
                                  "synth.teacher.api_key_env=null", "synth.teacher.backoff_base_s=0.02",
                                  "synth.teacher.requests_per_minute=6000"])
         start = time.monotonic()
         summary = build_dataset(cfg, server.base_url, progress=False)
         elapsed = time.monotonic() - start
     train, test = rows(cfg.dataset_dir, "train"), rows(cfg.dataset_dir, "test")
-    assert len(train) + len(test) >= 1000 and summary["seeds"] == 168
+    assert len(train) + len(test) >= 1000 and summary["seeds"] == len(phase1_rows(cfg.synth)) > 168  # 86 x 2 forms less TEXT-only
     assert not set(train["compound_id"]) & set(test["compound_id"])
     card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
     assert card["teacher"]["this_run"]["rate_limited"] > 0 and card["teacher"]["this_run"]["server_errors"] > 0
@@ -51,11 +52,11 @@ def test_thousand_triplets_with_faults_and_a_cluster_budget(ray_local, tmp_path)
 
 
 def test_killed_cli_run_resumes_without_repeated_calls(tmp_path):
-    n_seeds = 2 * (20 + 20)
     with TestOpenAIServer(responder=scripted_teacher, latency_s=0.3) as server:
         overrides = [f"storage={tmp_path}", f"synth.teacher.base_url={server.base_url}", "synth.num_legitimate=20",
                      "synth.num_illegitimate=20", "synth.concurrency=1", "synth.batch_size=4",
                      "synth.teacher.max_concurrency=4", "synth.teacher.api_key_env=null", "ray.num_cpus=2"]
+        n_seeds = len(phase1_rows(load_config(None, overrides).synth))  # 40 x 2 forms, less TEXT-only SMILES
         cmd = [sys.executable, "-m", "libra_ray.cli", "--log-level", "WARNING", "synth"]
         for o in overrides:
             cmd += ["--set", o]
@@ -103,7 +104,7 @@ def test_embedded_default_teacher_with_tiny_model(ray_local, pipeline_config, ti
     assert cfg.synth.teacher.base_url is None
     summary = run(cfg)
     # The tiny model's text is nonsense: answers are malformed and dropped, the seed triplets remain.
-    assert summary["teacher_requests"] == 3 * 12 and summary["train_rows"] > 0 and summary["test_rows"] > 0
+    assert summary["teacher_requests"] == 3 * len(phase1_rows(cfg.synth)) and summary["train_rows"] > 0 and summary["test_rows"] > 0
     card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
     assert card["teacher"]["endpoint"] == "embedded local server" and card["teacher"]["this_run"]["prompt_tokens"] > 0
 

@@ -14,7 +14,7 @@ from libra_ray.config import load_config
 from libra_ray.llm.config import EndpointConfig
 from libra_ray.llm.ratelimit import ClusterLimiter, create_cluster_limiter
 from libra_ray.llm.testserver import TestOpenAIServer
-from libra_ray.synth.pipeline import build_dataset
+from libra_ray.synth.pipeline import build_dataset, phase1_rows
 from libra_ray.synth.safety import actionable_reasons
 from libra_ray.synth.testing import scripted_teacher
 
@@ -36,7 +36,8 @@ def test_builds_split_by_compound_and_reruns_for_free(ray_local, tmp_path):
     with TestOpenAIServer(responder=scripted_teacher) as server:
         cfg = config(tmp_path, server, "synth.test_fraction=0.25")
         summary = build_dataset(cfg, server.base_url, progress=False)
-        seeds = 8 * 2  # compounds x forms
+        seeds = len(phase1_rows(cfg.synth))  # 8 compounds x 2 forms, less SMILES seeds of TEXT-only compounds
+        assert 8 < seeds <= 16
         assert summary["seeds"] == seeds and server.request_count == 3 * seeds == summary["teacher_requests"]
         train, test = read_split(cfg, "train"), read_split(cfg, "test")
         # Paired: 3 items (seed + 2) per part -> 3 triplets per seed.
@@ -155,12 +156,13 @@ def test_gate_judge_second_check_is_counted_apart_from_the_rules(ray_local, tmp_
 def test_nonsense_teacher_still_yields_train_and_test(ray_local, tmp_path):
     with TestOpenAIServer(responder=lambda m, p: "ytr qwe zzz <|im_end|> ab") as server:
         cfg = config(tmp_path, server, "synth.teacher.max_malformed_retries=1")
+        seeds = len(phase1_rows(cfg.synth))  # 8 compounds x 2 forms, less SMILES seeds of TEXT-only compounds
         summary = build_dataset(cfg, server.base_url, progress=False)
-        assert server.request_count == 2 * 3 * 16  # every call retried once, then dropped
+        assert server.request_count == 2 * 3 * seeds  # every call retried once, then dropped
         build_dataset(cfg, server.base_url, progress=False)
-        assert server.request_count == 2 * 3 * 16  # malformed answers are not paid for twice
+        assert server.request_count == 2 * 3 * seeds  # malformed answers are not paid for twice
     card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())
-    assert card["quality"]["malformed_parts_dropped"] == 3 * 16 and summary["errors"] == 16
+    assert card["quality"]["malformed_parts_dropped"] == 3 * seeds and summary["errors"] == seeds
     assert summary["train_rows"] > 0 and summary["test_rows"] > 0  # seed triplets (#0) only
 
 

@@ -95,3 +95,47 @@ def test_split_by_compound_is_disjoint_deterministic_and_nonempty():
 def test_scripted_teacher_answers_validly():
     messages = P.paraphrase_request_messages("Tell me the steps of synthesizing Aspirin.", "Aspirin", 5)
     assert P.list_validator(5, must_contain="Aspirin")(scripted_teacher(messages, {})) is None
+
+
+def test_full_scale_phase1_samples_632_632_split_by_compound():
+    """jobs/full_scale.yaml's phase 1 on the shipped catalogue: the paper's 632:632 in both forms, split
+    by compound with zero overlap, stratified over categories, the same for the same seed."""
+    from collections import Counter
+    from pathlib import Path
+
+    from libra_ray.config import load_config
+    from libra_ray.seeds import load_catalogue
+    from libra_ray.synth.pipeline import phase1_rows
+
+    synth = load_config(Path(__file__).parents[1] / "jobs" / "full_scale.yaml").synth
+    assert (synth.num_legitimate, synth.num_illegitimate, synth.forms) == (632, 632, ["TEXT", "SMILES"])
+    rows = phase1_rows(synth)
+    catalogue = {c.compound_id: c for c in load_catalogue(synth.seeds_csv)}
+    text = [r for r in rows if r["form"] == "TEXT"]
+    assert Counter(r["class"] for r in text) == {"legitimate": 632, "illegitimate": 632}  # exact ratio
+    smiles = [r for r in rows if r["form"] == "SMILES"]
+    # A SMILES seed for every sampled compound that has a structure, none for mixtures and polymers.
+    assert {r["compound_id"] for r in smiles} == {r["compound_id"] for r in text if catalogue[r["compound_id"]].smiles}
+    assert all(r["subject"] == catalogue[r["compound_id"]].smiles for r in smiles)
+    assert len({r["seed_id"] for r in rows}) == len(rows)
+    # Split by compound: a compound's TEXT and SMILES seeds land in the same split, never in both.
+    split_of: dict[str, set[str]] = {}
+    for r in rows:
+        split_of.setdefault(r["compound_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values())
+    train = {r["compound_id"] for r in rows if r["split"] == "train"}
+    test = {r["compound_id"] for r in rows if r["split"] == "test"}
+    assert not train & test and len(test) == round(0.2 * 632) * 2
+    # Stratified: each class's sample and its test share follow the category sizes within +-1.
+    for cls in ("legitimate", "illegitimate"):
+        pool = Counter(c.category for c in catalogue.values() if c.cls == cls)
+        got = Counter(r["category"] for r in text if r["class"] == cls)
+        got_test = Counter(r["category"] for r in text if r["class"] == cls and r["split"] == "test")
+        for category, size in pool.items():
+            assert abs(got[category] - 632 * size / sum(pool.values())) < 1.0, (cls, category)
+            assert abs(got_test[category] - round(0.2 * 632) * got[category] / 632) < 1.0, (cls, category)
+            assert got_test[category] >= 1  # every category is evaluated on held-out compounds
+    # Deterministic by seed.
+    assert phase1_rows(synth) == rows
+    other = phase1_rows(synth.model_copy(update={"seed": 1}))
+    assert {r["compound_id"] for r in other} != {r["compound_id"] for r in rows}

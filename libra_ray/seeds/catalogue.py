@@ -1,11 +1,14 @@
 """The seed catalogue: chemical compounds with their class (legitimate / illegitimate), category and
 public source. Identity data only (names, SMILES); never procedures.
 
-The shipped `catalogue.csv` holds >= 300 real compounds per class: controlled substances (DEA
-schedules, UN 1961/1971 conventions), drug precursors (DEA List I), CWC schedule chemicals and
-precursors, explosives and explosive precursors (EU Reg. 2019/1148) on the illegitimate side;
-industrial, laboratory, pharmaceutical (WHO EML, non-controlled) and hazardous-but-legitimate
-chemicals on the other. Users can load their own CSV with the same columns.
+The shipped `catalogue.csv` holds >= 800 real compounds per class (the paper's 632:632 with a margin):
+controlled substances (DEA schedules, UN 1961/1971 conventions, new psychoactive substances), drug
+precursors (DEA List I, EU 273/2004), CWC schedule chemicals and Australia Group precursors, explosives
+and explosive precursors (EU Reg. 2019/1148, US CFATS) on the illegitimate side; industrial (OECD HPV,
+food additives), laboratory, pharmaceutical (WHO EML, non-controlled) and hazardous-but-legitimate
+(GHS-classified) chemicals on the other. Mixtures and polymers have no SMILES and are TEXT-only.
+`libra-ray seeds check` compares every SMILES with an offline reference (libra_ray/seeds/check.py).
+Users can load their own CSV with the same columns.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class CatalogueError(ValueError):
         self.problems = problems
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         super().__init__(f"seed catalogue {source}: {len(problems)} problem(s):\n  {shown}")
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        self.one_line = f"{source}: {problems[0]}{more}"  # for one-line CLI errors
 
 
 @dataclass(frozen=True)
@@ -66,14 +71,19 @@ def load_catalogue(path: str | Path | None = None, *, check_smiles: bool = True)
     """
     file = Path(path) if path is not None else CATALOGUE_PATH
     if not file.is_file():
-        raise CatalogueError(str(file), ["file does not exist"])
-    with file.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise CatalogueError(str(file), [f"line 1: missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}"])
-        raw_rows = list(reader)
+        raise CatalogueError(str(file), ["is a directory, not a CSV file" if file.is_dir() else "file does not exist"])
+    try:
+        with file.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            if not header:
+                raise CatalogueError(str(file), [f"the file is empty; expected a header line {','.join(COLUMNS)}"])
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise CatalogueError(str(file), [f"line 1: missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}"])
+            raw_rows = list(reader)
+    except UnicodeDecodeError as err:
+        raise CatalogueError(str(file), [f"not UTF-8 text (byte {err.start}): save the CSV as UTF-8"]) from None
     problems: list[str] = []
     compounds: list[Compound] = []
     seen: dict[str, int] = {}
@@ -110,5 +120,5 @@ def load_catalogue(path: str | Path | None = None, *, check_smiles: bool = True)
     if problems:
         raise CatalogueError(str(file), problems)
     if not compounds:
-        raise CatalogueError(str(file), ["no compounds"])
+        raise CatalogueError(str(file), ["no compounds: the file has a header but no rows"])
     return compounds

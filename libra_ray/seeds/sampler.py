@@ -4,6 +4,11 @@
 1:2, 1:1, ... is exact), spreading each class over its categories in proportion to their sizes
 (largest-remainder rounding, so every category gets its fair share +-1). The same catalogue and seed
 always give the same sample. `make_seeds` then expands each compound into its surface forms.
+
+TEXT-only compounds (mixtures, polymers, proteins: no single structure, empty SMILES) are sampled like
+any other when the TEXT form is requested and yield their TEXT seed only, so with forms [TEXT, SMILES]
+the TEXT seeds number exactly num_legitimate + num_illegitimate and the SMILES seeds that minus the
+sampled TEXT-only compounds. With forms [SMILES] alone only compounds with a SMILES are eligible.
 """
 
 from __future__ import annotations
@@ -52,13 +57,14 @@ def sample_compounds(compounds: list[Compound], num_legitimate: int, num_illegit
                      forms: tuple[str, ...] | list[str] = ("TEXT",)) -> list[Compound]:
     """Exactly `num_legitimate` + `num_illegitimate` compounds, stratified by category within each class.
 
-    With the SMILES form requested, only compounds that have a SMILES are eligible, so every sampled
-    compound yields every form and the seed ratio stays exact.
+    The compound ratio is always exact. With the TEXT form requested every compound is eligible (a
+    TEXT-only one then yields its TEXT seed only, see `make_seeds`); with SMILES alone, only compounds
+    that have a SMILES are.
     """
     for form in forms:
         if form not in FORMS:
             raise ValueError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
-    eligible = [c for c in compounds if c.smiles or "SMILES" not in forms]
+    eligible = [c for c in compounds if c.smiles or "TEXT" in forms]
     wanted = {"legitimate": num_legitimate, "illegitimate": num_illegitimate}
     picked: list[Compound] = []
     for cls in CLASSES:
@@ -68,7 +74,7 @@ def sample_compounds(compounds: list[Compound], num_legitimate: int, num_illegit
                 by_cat[c.category].append(c)
         available = sum(len(v) for v in by_cat.values())
         if wanted[cls] > available:
-            note = " with a SMILES" if "SMILES" in forms else ""
+            note = " with a SMILES" if "TEXT" not in forms else ""
             raise ValueError(f"asked for {wanted[cls]} {cls} compounds but the catalogue has only {available}{note}")
         quotas = allocate(wanted[cls], {k: len(v) for k, v in by_cat.items()})
         for category in sorted(by_cat):
@@ -79,11 +85,12 @@ def sample_compounds(compounds: list[Compound], num_legitimate: int, num_illegit
 
 
 def make_seeds(compounds: list[Compound], forms: tuple[str, ...] | list[str] = FORMS) -> list[Seed]:
-    """One seed per compound and form (TEXT names the compound, SMILES gives its structure)."""
+    """One seed per compound and form (TEXT names the compound, SMILES gives its structure); a compound
+    without a SMILES (a mixture or polymer) yields no SMILES seed."""
     seeds = []
     for c in compounds:
         for form in forms:
             if form == "SMILES" and not c.smiles:
-                raise ValueError(f"compound {c.compound_id} has no SMILES; sample with forms including SMILES")
+                continue
             seeds.append(Seed(c.compound_id, c.name, c.cls, c.category, form, c.name if form == "TEXT" else c.smiles))
     return seeds

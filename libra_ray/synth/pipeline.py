@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from libra_ray.config import join_uri
-from libra_ray.seeds import load_catalogue, make_seeds, sample_compounds
+from libra_ray.seeds import allocate, plan_seeds
 from libra_ray.storage import filesystem
 from libra_ray.synth import prompts as P
 from libra_ray.synth.dedup import semantic_dedupe_rows
@@ -42,29 +42,41 @@ CLIENT_COUNTERS = ("requests", "retries", "rate_limited", "server_errors", "time
 
 
 # ---- phase 1 ----------------------------------------------------------------------------------
-def split_compounds(compound_ids_by_class: dict[str, list[str]], test_fraction: float, seed: int) -> set[str]:
+def split_compounds(compound_ids_by_class: dict[str, list[str]], test_fraction: float, seed: int,
+                    categories: dict[str, str] | None = None) -> set[str]:
     """Test compound ids: `test_fraction` of each class (at least one, and never all, when a class has
-    two or more compounds and test_fraction > 0). Deterministic by seed."""
+    two or more compounds and test_fraction > 0). Deterministic by seed.
+
+    With `categories` (compound id -> category) the test share of a class is spread over its categories
+    in proportion to their sizes (largest remainder, as the sampler does), so every category is evaluated."""
     test: set[str] = set()
     for cls, ids in sorted(compound_ids_by_class.items()):
         ids = sorted(set(ids))
         if test_fraction <= 0 or len(ids) < 2:
             continue
         k = min(len(ids) - 1, max(1, round(test_fraction * len(ids))))
-        test.update(random.Random(f"{seed}:split:{cls}").sample(ids, k))
+        if categories is None:
+            test.update(random.Random(f"{seed}:split:{cls}").sample(ids, k))
+            continue
+        by_cat: dict[str, list[str]] = {}
+        for i in ids:
+            by_cat.setdefault(categories[i], []).append(i)
+        for category, quota in allocate(k, {c: len(v) for c, v in by_cat.items()}).items():
+            test.update(random.Random(f"{seed}:split:{cls}:{category}").sample(by_cat[category], quota))
     return test
 
 
 def phase1_rows(synth: "SynthConfig") -> list[dict]:
-    """One row per seed (compound x form): identity, split, seed request and seed responses."""
-    compounds = sample_compounds(load_catalogue(synth.seeds_csv), synth.num_legitimate, synth.num_illegitimate,
-                                 seed=synth.seed, forms=synth.forms)
+    """One row per seed (compound x form; a TEXT-only compound has no SMILES row): identity, split, seed
+    request and seed responses. The seeds come from `plan_seeds`, the same function the CLI checks first."""
+    seeds = plan_seeds(synth)
     by_class: dict[str, list[str]] = {}
-    for c in compounds:
-        by_class.setdefault(c.cls, []).append(c.compound_id)
-    test_ids = split_compounds(by_class, synth.test_fraction, synth.seed)
+    for seed in seeds:
+        by_class.setdefault(seed.cls, []).append(seed.compound_id)
+    categories = {seed.compound_id: seed.category for seed in seeds}
+    test_ids = split_compounds(by_class, synth.test_fraction, synth.seed, categories)
     rows = []
-    for s in make_seeds(compounds, synth.forms):
+    for s in seeds:
         refusal = P.seed_refusal(s.subject, s.cls, s.category)
         if s.cls == "illegitimate":  # flip labels: refuse the illegitimate, answer the legitimate
             chosen, rejected = refusal, P.seed_compliance(s.subject)
