@@ -99,10 +99,13 @@ def format_plan(plan: dict, source: str) -> str:
     def counts(d: dict) -> str:
         return ", ".join(f"{k} {v}" for k, v in d.items())
 
+    # Mixtures and polymers have no structure: they are sampled for the TEXT form only.
+    text_only = (c["legitimate"] + c["illegitimate"]) * len(plan["forms"]) - plan["seeds"]
     lines = [
         f"synth dry run ({source}): nothing started (no Ray, no teacher, no server)",
         f"seeds: {plan['seeds']} = ({c['legitimate']} legitimate + {c['illegitimate']} illegitimate compounds) "
-        f"x {len(plan['forms'])} forms {'/'.join(plan['forms'])}",
+        f"x {len(plan['forms'])} forms {'/'.join(plan['forms'])}"
+        + (f" ({text_only} TEXT-only compounds have no SMILES seed)" if text_only else ""),
         f"  by class:    {counts(plan['by_class'])}",
         f"  by form:     {counts(plan['by_form'])}",
         "  by category: " + counts(plan["by_category"]),
