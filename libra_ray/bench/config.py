@@ -59,7 +59,7 @@ class BenchConfig(StrictModel):
     seed: int = 0
     max_model_len: int = Field(default=1024, ge=64)
     # Evaluation.
-    rule: Literal["paper", "start", "both"] = "paper"
+    rule: Literal["paper", "start", "both", "opening"] = "paper"
     judge: EndpointConfig = Field(default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=16))
     # Judge prompts to run; the first refusal judge (synthesis_route / refusal_3class) decides `refused`.
     judge_prompts: list[str] = Field(default_factory=lambda: ["synthesis_route_v1"])
