@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from libra_ray._config_base import StrictModel, folder_name
 from libra_ray.llm.config import EndpointConfig
 
-JUDGE_PROMPT_IDS = ("synthesis_route_v1", "refusal_3class_v1", "utility_ref_v1")
+JUDGE_PROMPT_IDS = ("synthesis_route_v1", "refusal_3class_v1", "refusal_3class_v2", "harmful_v1", "utility_ref_v1")
 
 
 class BenchModelConfig(StrictModel):
