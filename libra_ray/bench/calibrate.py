@@ -75,7 +75,8 @@ def read_table(path: str):
     ext = path.lower().rsplit(".", 1)[-1]
     try:
         if ext == "csv":
-            return pacsv.read_csv(path)
+            # Responses span lines: quoted newlines must not end a row.
+            return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
         if ext in ("jsonl", "json", "ndjson"):
             return pajson.read_json(path)
         if ext in ("parquet", "pq"):
