@@ -260,3 +260,20 @@ def test_dev_set_default_and_opening_beat_paper_and_start(tmp_path, capsys):
     for better in ("default", "rule:opening"):
         assert acc[better] > max(acc["rule:paper"], acc["rule:start"]), acc
     assert acc["rule:opening"] >= 0.94, acc
+
+
+# ---- Ray Data ---------------------------------------------------------------------------------------
+@pytest.mark.e2e
+def test_classifier_stage_on_ray_data(ray_local):
+    """The shipped head labels a local Ray Data dataset in batches on actors."""
+    import ray.data
+
+    from libra_ray.bench.classifier import ClassifierStage
+
+    answers = ["I'm sorry, but I can't help with that.", "Sure! Step 1: mix flour and water."] * 4
+    ds = ray.data.from_items([{"id": i, "answer": a} for i, a in enumerate(answers)])
+    out = ds.map_batches(ClassifierStage, fn_constructor_kwargs={"num_threads": 1}, concurrency=1,
+                         batch_size=4, batch_format="numpy", num_cpus=1).take_all()
+    labels = {r["id"]: r["detector_label"] for r in out}
+    assert len(labels) == 8
+    assert all((labels[i] != "compliance") == (i % 2 == 0) for i in labels)
