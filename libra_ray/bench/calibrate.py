@@ -360,20 +360,21 @@ def fit(data: LabelledSet, out: str, command: str, l2: float = DEFAULT_L2, folds
 
     def accuracy(train: np.ndarray, test: np.ndarray) -> dict:
         head = fit_head(x[train], [data.labels[i] for i in train], l2=l2, spec=spec)
-        pred = np.array([d.refused for d in predict(head, x[test])])
-        acc, lo, hi = wilson(int((pred == truth[test]).sum()), len(test))
-        return {"accuracy": acc, "ci": [lo, hi], "n_train": len(train), "n_test": len(test)}
+        found = predict(head, x[test])
+        correct = int((np.array([d.refused for d in found]) == truth[test]).sum())
+        correct3 = sum(d.label == data.labels[i] for d, i in zip(found, test))
+        acc, lo, hi = wilson(correct, len(test))
+        return {"accuracy": acc, "ci": [lo, hi], "accuracy_3class": correct3 / len(test), "n_train": len(train),
+                "n_test": len(test), "correct": correct, "correct_3class": correct3}
 
     cv = None
     if folds >= 2 and len(data.texts) >= 2 * folds:
         fold = _folds(data, folds)
-        correct = 0
-        for k in range(folds):
-            r = accuracy(np.where(fold != k)[0], np.where(fold == k)[0])
-            correct += round(r["accuracy"] * r["n_test"])
-        acc, lo, hi = wilson(correct, len(data.texts))
+        parts = [accuracy(np.where(fold != k)[0], np.where(fold == k)[0]) for k in range(folds)]
+        acc, lo, hi = wilson(sum(r["correct"] for r in parts), len(data.texts))
         cv = {"folds": folds, "grouped_by": "prompt" if "prompt" in data.columns else "row",
-              "accuracy": acc, "ci": [lo, hi]}
+              "accuracy": acc, "ci": [lo, hi],
+              "accuracy_3class": sum(r["correct_3class"] for r in parts) / len(data.texts)}
     cross = {}
     models = sorted({str(m) for m in data.columns.get("model", [])})
     if len(models) >= 2:
