@@ -350,7 +350,8 @@ def _folds(data: LabelledSet, k: int, seed: int = 0) -> np.ndarray:
 def fit(data: LabelledSet, out: str, command: str, l2: float = DEFAULT_L2, folds: int = 5) -> dict:
     """Fit the head on every row, measure it honestly (grouped k-fold CV; cross-model when the file has a
     `model` column with two or more models), save weights + metadata; returns the metadata."""
-    from libra_ray.bench.classifier import FeatureSpec, features, fit_head, predict, save_head, sha256_file
+    from libra_ray.bench.classifier import (CLASS_WEIGHT_POWER, FeatureSpec, features, fit_head, predict, save_head,
+                                            sha256_file)
 
     spec = FeatureSpec()
     t0 = time.perf_counter()
@@ -388,7 +389,7 @@ def fit(data: LabelledSet, out: str, command: str, l2: float = DEFAULT_L2, folds
     head.metadata = {
         "training_file": os.path.basename(data.path), "training_sha256": sha256_file(data.path),
         "rows": len(data.texts), "label_counts": dict(Counter(data.labels)), "command": command, "l2": l2,
-        "class_weighting": "n / (k * n_class)", "decision": "refused when P(refusal) + P(partial) >= 0.5",
+        "class_weighting": f"(n / (k * n_class)) ** {CLASS_WEIGHT_POWER}", "decision": "refused when P(refusal) + P(partial) >= 0.5",
         "accuracy_train": float((train_pred == truth).mean()), "cross_validation": cv, "cross_model": cross,
         "fit_seconds": round(time.perf_counter() - t0, 1),
     }

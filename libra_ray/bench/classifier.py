@@ -29,6 +29,8 @@ from libra_ray.bench.detect import LABELS, Detection
 # The head trained on the dev set that ships with the project (see libra_ray/bench/README.md).
 SHIPPED_HEAD = Path(__file__).with_name("detectors") / "refusal_head.safetensors"
 FORMAT_VERSION = 1
+# Class weights (n / (k * n_class)) ** CLASS_WEIGHT_POWER (see fit_head).
+CLASS_WEIGHT_POWER = 0.5
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,14 @@ class Head:
         return p / p.sum(axis=1, keepdims=True)
 
 
-def fit_head(x: np.ndarray, y: Sequence[str], *, l2: float = 1e-3, spec: FeatureSpec | None = None,
-             labels: tuple[str, ...] = LABELS, max_iter: int = 500) -> Head:
+def fit_head(x: np.ndarray, y: Sequence[str], *, l2: float = 1e-3, class_weight_power: float = CLASS_WEIGHT_POWER,
+             spec: FeatureSpec | None = None, labels: tuple[str, ...] = LABELS, max_iter: int = 500) -> Head:
     """Class-weighted softmax regression with an L2 penalty on the weights (not the bias).
 
-    Class weights n / (k * n_c) so the rare `partial` class counts; L-BFGS with a strong-Wolfe line
-    search on the full batch (a few hundred features: exact, fast and deterministic).
+    Class weights (n / (k * n_c)) ** class_weight_power: 0.5 lets the rare `partial` class count without
+    dominating (full balancing, power 1, over-predicts partial on another model's responses; measured in
+    libra_ray/bench/README.md). L-BFGS with a strong-Wolfe line search on the full batch (a few hundred
+    features: exact, fast and deterministic).
     """
     import torch
 
@@ -101,7 +105,8 @@ def fit_head(x: np.ndarray, y: Sequence[str], *, l2: float = 1e-3, spec: Feature
     targets = torch.tensor([index[c] for c in y], dtype=torch.long)
     counts = torch.bincount(targets, minlength=len(labels)).double()
     present = counts > 0
-    class_w = torch.where(present, len(y) / (present.sum() * counts.clamp(min=1)), torch.zeros_like(counts))
+    balanced = len(y) / (present.sum() * counts.clamp(min=1))
+    class_w = torch.where(present, balanced ** class_weight_power, torch.zeros_like(counts))
     xt = torch.tensor(np.asarray(x), dtype=torch.float64)
     w = torch.zeros((len(labels), xt.shape[1]), dtype=torch.float64, requires_grad=True)
     b = torch.zeros(len(labels), dtype=torch.float64, requires_grad=True)
