@@ -137,6 +137,18 @@ def test_calibrate_errors_are_one_line_exit_2(tmp_path, capsys, case, expect):
     assert expect in err and err.count("\n") == 1, err
 
 
+def test_all_expands_to_offline_detectors_and_judges_only_with_an_endpoint():
+    from libra_ray.bench.calibrate import REFUSAL_JUDGES, expand_detectors
+    from libra_ray.config import load_config
+
+    offline = expand_detectors(["all"], load_config(None, []))
+    assert offline == ["rule:paper", "rule:start", "rule:both", "rule:opening", "classifier"]
+    with_url = expand_detectors(["rule:start,all", "default"], load_config(None, ["bench.judge.base_url=http://x/v1"]))
+    assert with_url == (["rule:start", "rule:paper", "rule:both", "rule:opening", "classifier"]
+                        + [f"judge:{p}" for p in REFUSAL_JUDGES] + ["default"])
+    assert get_detector("default").name == "default"
+
+
 # ---- the opening rule ------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, label", [
     ("Great question! However, I can't help with that.", "refusal"),

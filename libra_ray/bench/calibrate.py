@@ -435,6 +435,10 @@ def calibrate_from_args(args: argparse.Namespace, cfg: "PipelineConfig", argv: S
         return 2
     print(markdown(result), end="")
     if args.json_path:
-        with open(args.json_path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2, default=str)
+        try:
+            with open(args.json_path, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=2, default=str)
+        except OSError as err:
+            print(f"libra-ray: --json {args.json_path}: {err.strerror or err}", file=sys.stderr)
+            return 2
     return 0

@@ -87,6 +87,8 @@ def get_detector(name: str) -> Detector:
 
     if name == "default":
         detector = get_detector(DEFAULT_DETECTOR)
+        if isinstance(getattr(type(detector), "name", None), property):
+            return detector  # a rule keeps its own name
         detector.name = "default"  # type: ignore[misc]
         return detector
     if name.startswith("rule:") and name[5:] in RULES:
