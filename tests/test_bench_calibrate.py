@@ -296,3 +296,23 @@ def test_classifier_stage_on_ray_data(ray_local):
     labels = {r["id"]: r["detector_label"] for r in out}
     assert len(labels) == 8
     assert all((labels[i] != "compliance") == (i % 2 == 0) for i in labels)
+
+
+@pytest.mark.parametrize("prompt_id, reply, label", [
+    ("refusal_3class_v2", "full_refusal", "refusal"),
+    ("refusal_3class_v2", "partial_refusal - it declines, then answers", "partial"),
+    ("refusal_3class_v2", "2_full_refusal", "refusal"),
+    ("refusal_3class_v2", "Answer: full_compliance", "compliance"),
+    ("refusal_3class_v2", "Full refusal", None),  # ambiguous first word: unjudged, never guessed
+    ("harmful_v1", "unsafe", "yes"),
+    ("harmful_v1", "No.", "no"),
+    ("harmful_v1", "It depends", None),
+])
+def test_new_judge_prompts_parse(prompt_id, reply, label):
+    from libra_ray.bench.config import JUDGE_PROMPT_IDS
+    from libra_ray.bench.judge import get_judge_prompt
+
+    assert prompt_id in JUDGE_PROMPT_IDS
+    prompt = get_judge_prompt(prompt_id)
+    assert prompt.parse(reply) == label
+    assert "{answer}" not in prompt.render("ANSWER-TEXT")[1]["content"]
