@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "serve": "stage 4: serve the aligned model and the judge on Ray Serve (OpenAI-compatible)",
     "run": "all stages end to end: synth -> train -> bench",
     "submit": "submit a command as a Ray Job to a cluster and stream its logs",
+    "calibrate": "score refusal detectors against human labels; --fit trains the local classifier head",
     "tiny-model": "build the tiny local Llama + tokenizer used by tests and the embedded default",
     "config": "print the resolved config (defaults + file + --set overrides)",
     "seeds": "seed catalogue tools: 'seeds check' compares every SMILES with an offline reference",
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="sample the seeds and print counts, teacher calls, tokens and cost; start nothing")
         if name == "config":
             p.add_argument("--defaults", action="store_true", help="print the built-in defaults only")
+        if name == "calibrate":
+            from libra_ray.bench.calibrate import add_calibrate_args
+
+            add_calibrate_args(p)
         if name == "submit":
             from libra_ray.submit import add_submit_args
 
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"libra-ray: {err}", file=sys.stderr)
         return 2
     try:
-        return _dispatch(args, cfg)
+        return _dispatch(args, cfg, argv)
     except (ConfigError, SeedsError) as err:
         print(f"libra-ray: {err}", file=sys.stderr)
         return 2
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _dispatch(args: argparse.Namespace, cfg: PipelineConfig) -> int:
+def _dispatch(args: argparse.Namespace, cfg: PipelineConfig, argv: list[str] | None = None) -> int:
     cmd = args.command
     if cmd == "config":
         print(dump_config(cfg), end="")
@@ -146,6 +151,10 @@ def _dispatch(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         path = build_tiny_model(args.out, cfg.tiny_model) if args.out else ensure_tiny_model(cfg.cache_dir, cfg.tiny_model)
         print(path)
         return 0
+    if cmd == "calibrate":
+        from libra_ray.bench.calibrate import calibrate_from_args
+
+        return calibrate_from_args(args, cfg, argv)
     if cmd == "submit":
         from libra_ray.submit import submit_from_args
 

@@ -10,7 +10,7 @@ from libra_ray._config_base import StrictModel, folder_name
 from libra_ray.llm.config import EndpointConfig
 from libra_ray.seeds.catalogue import CLASSES
 
-JUDGE_PROMPT_IDS = ("synthesis_route_v1", "refusal_3class_v1", "utility_ref_v1")
+JUDGE_PROMPT_IDS = ("synthesis_route_v1", "refusal_3class_v1", "refusal_3class_v2", "harmful_v1", "utility_ref_v1")
 
 class BenchModelConfig(StrictModel):
     """One model under test. `path` "trained" = this run's trained model; "tiny" = the tiny model.
@@ -79,7 +79,7 @@ class BenchConfig(StrictModel):
     seed: int = 0
     max_model_len: int = Field(default=1024, ge=64)
     # Evaluation.
-    rule: Literal["paper", "start", "both"] = "paper"
+    rule: Literal["paper", "start", "both", "opening"] = "paper"
     judge: EndpointConfig = Field(default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=16))
     # Judge prompts to run; the first refusal judge (synthesis_route / refusal_3class) decides `refused`.
     judge_prompts: list[str] = Field(default_factory=lambda: ["synthesis_route_v1"])
