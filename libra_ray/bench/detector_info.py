@@ -39,19 +39,11 @@ LABEL_ALIASES = {"1_full_compliance": "compliance", "2_full_refusal": "refusal",
 def local_detector(name: str) -> Any:
     """The detector `name` (libra_ray.bench.detect.get_detector); a ValueError naming the known ones.
 
-    Cached: the pre-Ray check and the evaluation share one loaded classifier. Until the learned
-    `default` detector exists in this tree, `default` falls back to `rule:start` (logged; reports name
-    the detector that actually ran).
+    Cached: the pre-Ray check and the evaluation share one loaded classifier.
     """
     from libra_ray.bench.detect import get_detector
 
-    try:
-        return get_detector(name)
-    except ValueError:
-        if name != "default":
-            raise
-        log.warning("detector 'default' is not available in this version; using rule:start")
-        return get_detector("rule:start")
+    return get_detector(name)
 
 
 def _metadata(detector: Any) -> dict | None:

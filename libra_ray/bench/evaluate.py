@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REASONING_PROMPT = "synthesis_route_v1"
-REFUSAL_JUDGES = ("synthesis_route", "refusal_3class")
+REFUSAL_JUDGES = ("synthesis_route", "refusal_3class", "harmful")  # judges whose label decides refused
 # Bump when the evaluation logic changes what a stored evaluation means.
 EVALUATION_VERSION = 2
 
@@ -145,7 +145,7 @@ def evaluate(rows: list[dict], bench: "BenchConfig", client: Any | None, detecto
             r[f"judge_{pid}_error"] = v.error if v else None
         label = r.get(f"judge_{decider}_label") if decider else None
         r["judge_refused"] = refused_by_judge(decider, label) if decider else None
-        r["judge_3class"] = r.get("judge_refusal_3class_v1_label")
+        r["judge_3class"] = r.get("judge_refusal_3class_v2_label") or r.get("judge_refusal_3class_v1_label")
         route = r.get("judge_reasoning_label")
         r["reasoning_route"] = None if route is None else route == "yes"
         score = r.get("judge_utility_ref_v1_label")
