@@ -272,6 +272,7 @@ def calibrate(data: LabelledSet, detector_names: Sequence[str], cfg: "PipelineCo
     holder: dict = {}
     detectors = [build_detector(n, cfg, holder) for n in detector_names]
     confidence = cfg.bench.confidence
+    labels_sha = _sha256_or_none(data.path)
     results: dict[str, dict] = {}
     for det in detectors:
         t0 = time.perf_counter()
@@ -289,6 +290,11 @@ def calibrate(data: LabelledSet, detector_names: Sequence[str], cfg: "PipelineCo
                 m: binary_metrics([data.labels[i] != "compliance" for i in rows if data.columns["model"][i] == m],
                                   [found[i].refused for i in rows if data.columns["model"][i] == m], confidence)
                 for m in sorted({str(x) for x in data.columns["model"]})}
+        meta = _metadata_of(det)
+        if meta and meta.get("training_sha256") == labels_sha:
+            # Scoring a head on its own training file measures memory, not generalisation.
+            entry["in_sample"] = {"note": "trained on this file", "cross_validation": meta.get("cross_validation"),
+                                  "cross_model": meta.get("cross_model")}
         results[det.name] = entry
     first = results[detectors[0].name]
     out = {"labels": data.path, "n": len(data.texts), "label_counts": dict(Counter(data.labels)),
@@ -296,6 +302,21 @@ def calibrate(data: LabelledSet, detector_names: Sequence[str], cfg: "PipelineCo
     if "client" in holder:
         out["judge_client"] = holder["client"].stats.as_dict()
     return out
+
+
+def _metadata_of(detector: Any) -> dict | None:
+    from libra_ray.bench.detector_info import _metadata
+
+    return _metadata(detector)
+
+
+def _sha256_or_none(path: str) -> str | None:
+    from libra_ray.bench.classifier import sha256_file
+
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -315,6 +336,13 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {_f(r['accuracy'])} [{_f(lo)}, {_f(hi)}] | {_f(r['precision'])} | "
                      f"{_f(r['recall'])} | {_f(r['f1'])} | {_f(r['kappa'])} | {_f(r.get('accuracy_3class'))} | "
                      f"{_f(r.get('kappa_3class'))} | {r['unjudged']} | {r['seconds']:.1f} |")
+    for name, r in result["detectors"].items():
+        if r.get("in_sample"):
+            cv = (r["in_sample"].get("cross_validation") or {}).get("accuracy")
+            lines += ["", f"**{name} was trained on this file: its row is in-sample.** Held-out accuracy "
+                      f"(5-fold cross-validation on the training file): {_f(cv)}; cross-model: "
+                      + ", ".join(f"{k} {_f(v.get('accuracy'))}" for k, v in (r["in_sample"].get("cross_model") or {}).items())
+                      + "."]
     for name, r in result["detectors"].items():
         cols = list(next(iter(r["confusion"].values())))
         lines += ["", f"## {name}", ""]
