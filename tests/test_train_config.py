@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -114,7 +115,11 @@ def test_run_name_resumes_same_config_and_separates_changed_ones():
     from libra_ray.train.launcher import _fingerprint, run_name
 
     a, b = load_config(None, []), load_config(None, ["train.beta=0.2"])
-    assert run_name(a, "dpo", _fingerprint(a, "m", "d")) == run_name(a, "dpo", _fingerprint(a, "m", "d"))
+    # The same config built afresh (another process would do the same), values spelt out or defaulted,
+    # and settings outside `train` (storage, name suffixes of other stages) name the same run: it resumes.
+    same = load_config(None, ["train.beta=0.1", "train.loss_type=[sigmoid]", "storage=/elsewhere", "synth.n_prompt=3"])
+    assert a is not same and run_name(a, "dpo", _fingerprint(a, "m", "d")) == run_name(same, "dpo", _fingerprint(same, "m", "d"))
+    assert re.fullmatch(r"quickstart-dpo-[0-9a-f]{8}", run_name(a, "dpo", _fingerprint(a, "m", "d")))
     assert run_name(a, "dpo", _fingerprint(a, "m", "d")) != run_name(b, "dpo", _fingerprint(b, "m", "d"))
     assert run_name(a, "dpo", _fingerprint(a, "m", "d")) != run_name(a, "dpo", _fingerprint(a, "m", "other-data"))
     assert run_name(a, "sft", _fingerprint(a, "m", "d")).startswith("quickstart-sft-")
