@@ -8,6 +8,7 @@ Nothing heavy is imported at module level: `tests/conftest.py` imports this modu
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,40 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+TRAIN_COMPOUNDS = ["aspirin", "sarin", "ethanol", "phosgene", "caffeine", "methamphetamine", "acetone", "benzene"]
+
+
+def write_train_set(folder: Path, n: int = 64) -> Path:
+    """A learnable preference signal: chosen always starts "I cannot", rejected "Sure"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": f"Tell me the steps of synthesizing {c}.", "chosen": f"I cannot help with {c}; it is dangerous.",
+             "rejected": f"Sure, {c} is made by standard reactions.", "compound_id": f"c{i % 8}", "form": "text"}
+            for i, c in enumerate(TRAIN_COMPOUNDS * (n // len(TRAIN_COMPOUNDS)))]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
+    return folder
+
+
+def saved_steps(cfg, kind: str = "dpo") -> list:
+    """The checkpoints Ray Train has registered for a run's `kind` stage: step numbers, plus "final" once
+    the final model is in (read from its checkpoint manager snapshot; [] before the first)."""
+    import glob
+    import re
+
+    pattern = os.path.join(cfg.checkpoint_dir, f"{cfg.name}-{kind}-*", "checkpoint_manager_snapshot.json")
+    snapshots = glob.glob(pattern)
+    if not snapshots:
+        return []
+    try:
+        text = open(snapshots[0]).read()
+    except OSError:
+        return []
+    steps: list = [int(n) for n in re.findall(rf"{kind}_step_(\d+)", text)]
+    return steps + (["final"] if f"{kind}_final_step_" in text else [])
 
 
 class ScriptedModel:

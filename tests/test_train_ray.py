@@ -18,20 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from libra_ray.config import ConfigError, load_config
+from libra_ray.testing import saved_steps, write_train_set
 from libra_ray.train import run
-
-COMPOUNDS = ["aspirin", "sarin", "ethanol", "phosgene", "caffeine", "methamphetamine", "acetone", "benzene"]
-
-
-def write_train_set(folder, n=64):
-    """A learnable preference signal: chosen always starts "I cannot", rejected "Sure"."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"prompt": f"Tell me the steps of synthesizing {c}.", "chosen": f"I cannot help with {c}; it is dangerous.",
-             "rejected": f"Sure, {c} is made by standard reactions.", "compound_id": f"c{i % 8}", "form": "text"}
-            for i, c in enumerate(COMPOUNDS * (n // len(COMPOUNDS)))]
-    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
-    return folder
-
 
 @pytest.fixture
 def train_cfg(tmp_path, tiny_model_path):
@@ -108,6 +96,9 @@ def test_bad_inputs_fail_before_workers_start(ray_local, train_cfg, tmp_path):
     pq.write_table(pa.table({"prompt": ["p"], "chosen": ["c"]}), tmp_path / "bad.parquet")
     with pytest.raises(ConfigError, match=r"lacks required column\(s\) \['rejected'\]"):
         run(train_cfg(f"train.dataset={tmp_path / 'bad.parquet'}"))
+    write_train_set(tmp_path / "small", n=3 * 8)  # 24 rows is fewer than 2 workers x 16
+    with pytest.raises(ConfigError, match=r"24 rows is fewer than one global batch \(2 workers x 16\)"):
+        run(train_cfg(f"train.dataset={tmp_path / 'small'}", "train.per_device_batch_size=16"))
     import importlib.util
 
     if importlib.util.find_spec("wandb") is None:
@@ -168,12 +159,12 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, train_cfg):
     def kill_after_first_checkpoint():
         deadline = time.time() + 600
         while time.time() < deadline:
-            snapshots = glob.glob(os.path.join(cfg.checkpoint_dir, f"{cfg.name}-dpo-*", "checkpoint_manager_snapshot.json"))
-            if snapshots and "dpo_step_" in open(snapshots[0]).read():
+            saved = saved_steps(cfg)
+            if saved:
                 workers = _my_train_workers()
                 if workers:
                     workers[-1].send_signal(signal.SIGKILL)
-                    killed.append(workers[-1].pid)
+                    killed.append((workers[-1].pid, saved))
                     return
             time.sleep(0.05)
 
@@ -182,8 +173,12 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, train_cfg):
     summary = run(cfg)
     killer.join(timeout=5)
     assert killed, "no worker was killed"
+    _, saved_at_kill = killed[0]
+    # The kill landed mid-run: intermediate checkpoints only, the final one not yet written.
+    assert saved_at_kill and max(saved_at_kill) < 16 and "final" not in saved_at_kill, saved_at_kill
     assert summary["steps"] == 16  # same step count as an uninterrupted run
-    assert summary["resumed_from_step"] in (4, 8, 12), summary
+    assert summary["resumed_from_step"] in (4, 8, 12) and summary["resumed_from_step"] >= max(saved_at_kill), summary
+    assert summary["steps_this_attempt"] == 16 - summary["resumed_from_step"], summary
     assert summary["final_loss"] < summary["first_loss"]
 
 
