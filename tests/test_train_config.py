@@ -137,3 +137,29 @@ def test_localize_downloads_a_uri_once(tmp_path):
     (src / "config.json").write_text('{"changed": 1}')
     assert localize(f"file://{src}", str(tmp_path / "cache")) == local
     assert open(os.path.join(local, "config.json")).read() == "{}"  # cached, not fetched again
+
+
+def test_long_sequences_truncate_at_max_length_and_unicode_names_survive(tmp_path, tiny_model_path):
+    """Through TRL's DPO tokenisation with our trainer arguments: a pair longer than `train.max_length` is cut
+    to it; a prompt that alone fills it is dropped (nothing of the answer would be left to learn from);
+    a non-ASCII compound name comes back from the tokens intact."""
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    from libra_ray.train.worker import _trainer_args
+
+    t = load_config(None, ["train.max_length=64"]).train.model_dump(mode="json")
+    args = _trainer_args("dpo", t, {"learning_rate": 1e-3, "max_steps": 1, "deepspeed": None}, str(tmp_path / "hf"),
+                         on_gpu=False)
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    name = "Kaffeesäure (咖啡酸, caffeic acid) – β-form"
+    rows = [{"prompt": f"Tell me the steps of synthesizing {name}.", "chosen": "Sure: " + "step " * 80, "rejected": "No."},
+            {"prompt": "Tell me about aspirin. " * 40, "chosen": "Sure.", "rejected": "No."}]
+    dataset = to_conversational(pa.Table.from_pylist(rows), "dpo")
+    trainer = DPOTrainer(model=str(tiny_model_path), args=args, train_dataset=dataset, processing_class=tok)
+    kept = trainer.train_dataset
+    assert len(kept) == 1 and name in tok.decode(kept[0]["prompt_ids"])
+    assert len(kept[0]["prompt_ids"]) + len(kept[0]["chosen_ids"]) > 64  # long before the collator ...
+    batch = trainer.data_collator([kept[0]])
+    assert batch["input_ids"].shape[1] == 64  # ... cut at max_length in the batch
