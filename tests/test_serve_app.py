@@ -222,3 +222,40 @@ def test_guard_block_with_a_failing_judge_fails_closed(blocking):
         assert chunks[-1].model_extra["libra_guard"]["blocked"] is True
     finally:
         scripted.set_reply("judge", "No")
+
+
+def test_api_keys_reach_no_log_or_ray_session_file(app, client):
+    """Keys sent (good and bad) appear nowhere in the Ray session folder (every replica's and Serve's logs),
+    while a marker sent in the same requests' URL does: the right files were searched."""
+    import time
+    import uuid
+
+    import ray
+
+    probe = f"probe-{uuid.uuid4().hex}"
+    wrong = f"sk-wrong-{uuid.uuid4().hex}"
+    assert httpx.get(f"{app.base_url}/{probe}", headers={"authorization": f"Bearer {KEY}"}, timeout=10).status_code == 404
+    body = {"model": "judge", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    assert _post(app, "/chat/completions", body, key=wrong).status_code == 401
+    assert client.chat.completions.create(**body).choices  # the good key, through the openai client
+    session = ray._private.worker._global_node.get_session_dir_path()
+
+    def files_with(text: str) -> list[str]:
+        hits = []
+        for folder, _, names in os.walk(session):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    with open(path, "rb") as f:
+                        if text.encode() in f.read():
+                            hits.append(path)
+                except OSError:
+                    continue
+        return hits
+
+    deadline = time.monotonic() + 30  # replica logs reach their files asynchronously
+    while not files_with(probe) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert files_with(probe), "the probe never reached a log: wrong folder searched"
+    for secret in (KEY, "other-key", wrong):
+        assert files_with(secret) == [], secret

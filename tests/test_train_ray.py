@@ -175,7 +175,7 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, train_cfg):
     assert killed, "no worker was killed"
     _, saved_at_kill = killed[0]
     # The kill landed mid-run: intermediate checkpoints only, the final one not yet written.
-    assert saved_at_kill and max(saved_at_kill) < 16 and "final" not in saved_at_kill, saved_at_kill
+    assert saved_at_kill and "final" not in saved_at_kill and max(saved_at_kill) < 16, saved_at_kill
     assert summary["steps"] == 16  # same step count as an uninterrupted run
     assert summary["resumed_from_step"] in (4, 8, 12) and summary["resumed_from_step"] >= max(saved_at_kill), summary
     assert summary["steps_this_attempt"] == 16 - summary["resumed_from_step"], summary
