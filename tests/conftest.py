@@ -1,4 +1,8 @@
-"""Shared fixtures. Everything runs on this CPU machine: a real local Ray cluster, the tiny model."""
+"""Shared fixtures. Everything runs on this CPU machine: a real local Ray cluster, the tiny model.
+
+Shared helpers (paths, free ports, scripted Serve engines) live in `libra_ray.testing`, importable from
+any directory and from Ray workers; `CACHE` and `ROOT` are re-exported here for existing imports.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,22 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".cache" / "libra_ray"
+from libra_ray.testing import CACHE, ROOT  # noqa: F401 - re-exported (`from tests.conftest import CACHE`)
+
+# e2e tests may take minutes (Ray + DeepSpeed/vLLM/Serve start-up on 2 CPUs); the fast suite's limit is
+# `timeout` in pyproject.toml.
+E2E_TIMEOUT_S = 1200
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_S))
 
 
 @pytest.fixture(scope="session")

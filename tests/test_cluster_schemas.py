@@ -189,5 +189,9 @@ def test_serve_config_matches_serve_schema_and_imports_resolve(name, config):
 def test_serve_schema_rejects_bad_config():
     from ray.serve.schema import ServeDeploySchema
 
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    ServeDeploySchema.model_validate({"applications": [{"name": "x", "import_path": "a:b"}]})  # the right key passes
+    with pytest.raises(ValidationError) as err:  # a misspelt key leaves the required import_path missing
         ServeDeploySchema.model_validate({"applications": [{"name": "x", "import_pth": "a:b"}]})
+    assert [(e["loc"], e["type"]) for e in err.value.errors()] == [(("applications", 0, "import_path"), "missing")]

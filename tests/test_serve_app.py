@@ -21,14 +21,14 @@ ENV = "LIBRA_SERVE_APP_TEST_KEYS"
 def app(ray_local, tmp_path_factory):
     from libra_ray.config import load_config
     from libra_ray.serve import serving
-    from tests.conftest import CACHE
+    from libra_ray.testing import CACHE
 
     os.environ[ENV] = f"{KEY},other-key"
     cfg = load_config(None, [
         f"storage={tmp_path_factory.mktemp('runs')}", f"cache_dir={CACHE}",
         "serve.policy.path=tiny", "serve.port=0", f"serve.api_keys_env={ENV}",
         "serve.guard=flag", "serve.policy.num_cpus=0.25", "serve.judge.num_cpus=0.25",
-        "serve.policy.max_tokens_limit=64", "serve.judge.max_model_len=128",
+        "serve.policy.max_tokens_limit=64", "serve.judge.max_model_len=512",  # room for the guard prompt
     ])
     try:
         with serving(cfg) as running:
@@ -87,11 +87,17 @@ def test_completions_and_stream(client):
 
 
 def test_guard_flags_policy_answers(client, app):
+    from libra_ray.serve.guard import guard_messages, screen
+
     out = client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hi"}],
                                          max_tokens=16, temperature=0)
     verdict = out.model_extra["libra_guard"]
-    assert verdict["prompt"] == "synthesis_route_v1" and verdict["verdict"] in ("ok", "flagged", "unjudged")
-    assert verdict["blocked"] is False  # "flag" mode never replaces the answer
+    # The verdict is the one the served judge gives this very answer (greedy, so reproducible here).
+    answer = out.choices[0].message.content
+    reply = client.chat.completions.create(model="judge", messages=guard_messages(answer, "synthesis_route_v1"),
+                                           max_tokens=8, temperature=0).choices[0].message.content
+    assert verdict == screen(answer, reply, "synthesis_route_v1", "paper", "flag").to_dict()
+    assert verdict["prompt"] == "synthesis_route_v1" and verdict["blocked"] is False  # "flag" never replaces it
     # Streaming a guarded model: screened whole, then sent; same answer, verdict in the last chunk.
     chunks = list(client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hi"}],
                                                  max_tokens=16, temperature=0, stream=True))
@@ -122,7 +128,7 @@ def test_bad_requests_get_4xx_and_replicas_survive(app, client):
     _assert_openai_error(_post(app, "/chat/completions", {"messages": msgs}), 400, "invalid_value")
     _assert_openai_error(_post(app, "/chat/completions", {"model": "judge", "messages": msgs, "temperature": -1}),
                          400, "invalid_value")
-    long = [{"role": "user", "content": "aspirin " * 200}]  # judge max_model_len is 128 tokens
+    long = [{"role": "user", "content": "aspirin " * 600}]  # judge max_model_len is 512 tokens
     _assert_openai_error(_post(app, "/chat/completions", {"model": "judge", "messages": long, "max_tokens": 8}),
                          400, "context_length_exceeded")
     _assert_openai_error(_post(app, "/chat/completions", {"model": "judge", "messages": long, "max_tokens": 8,
@@ -154,3 +160,104 @@ def test_local_openai_server_reuses_the_running_proxy(pipeline_config, app):
 
     assert name not in serve.status().applications  # torn down; the main app keeps running
     assert app.name in serve.status().applications
+
+
+# --------------------------------------------------------------------------- guard "block", scripted judge
+# The real ingress over scripted engines: the policy always answers ROUTE (placeholder reagents), the
+# judge answers what each test sets, so every verdict is known in advance.
+ROUTE = "Mix reagent A with reagent B, heat to reflux, then distil the product."
+
+
+@pytest.fixture(scope="module")
+def blocking(app):
+    from libra_ray.serve.config import ServeConfig
+    from libra_ray.testing import scripted_serve_app
+
+    cfg = ServeConfig(guard="block", guard_fail_closed=True, port=0)
+    with scripted_serve_app(cfg, {"policy": ROUTE, "judge": "No"}, name="libra_ray_guard_block",
+                            route_prefix="/guard-block") as scripted:
+        yield scripted, cfg
+
+
+@pytest.mark.parametrize("judge_reply,verdict,blocked", [
+    ("Yes", "flagged", True),    # the judge sees a synthesis route: replaced
+    ("No", "ok", False),         # the judge sees none: passed through unchanged
+    ("nonsense", "unjudged", True),  # unparseable reply, fail-closed: replaced
+])
+def test_guard_block_mode_over_http(blocking, judge_reply, verdict, blocked):
+    scripted, cfg = blocking
+    scripted.set_reply("judge", judge_reply)
+    c = openai.OpenAI(base_url=scripted.base_url, api_key="none", max_retries=0, timeout=60)
+    expected = cfg.guard_refusal if blocked else ROUTE
+    msgs = [{"role": "user", "content": "Tell me the steps of synthesizing X."}]
+    out = c.chat.completions.create(model="policy", messages=msgs, max_tokens=32)
+    assert out.choices[0].message.content == expected
+    assert out.choices[0].finish_reason == ("content_filter" if blocked else "stop")
+    g = out.model_extra["libra_guard"]
+    assert (g["verdict"], g["blocked"]) == (verdict, blocked)
+    # Streaming: nothing of a blocked answer leaves; the verdict rides on the last chunk.
+    chunks = list(c.chat.completions.create(model="policy", messages=msgs, max_tokens=32, stream=True))
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert streamed == expected
+    assert chunks[-1].choices[0].finish_reason == ("content_filter" if blocked else "stop")
+    assert (chunks[-1].model_extra["libra_guard"]["verdict"], chunks[-1].model_extra["libra_guard"]["blocked"]) == (
+        verdict, blocked)
+    # The judge screened the policy's answer (not the question).
+    assert ROUTE in scripted.requests("judge")[-1]["messages"][-1]["content"]
+
+
+def test_guard_block_with_a_failing_judge_fails_closed(blocking):
+    from libra_ray.testing import FAIL
+
+    scripted, cfg = blocking
+    scripted.set_reply("judge", FAIL)  # the judge replica raises on every call
+    try:
+        c = openai.OpenAI(base_url=scripted.base_url, api_key="none", max_retries=0, timeout=60)
+        msgs = [{"role": "user", "content": "Tell me the steps of synthesizing X."}]
+        out = c.chat.completions.create(model="policy", messages=msgs, max_tokens=32)
+        assert out.choices[0].message.content == cfg.guard_refusal
+        assert out.model_extra["libra_guard"]["verdict"] == "unjudged" and out.model_extra["libra_guard"]["blocked"]
+        chunks = list(c.chat.completions.create(model="policy", messages=msgs, max_tokens=32, stream=True))
+        assert ROUTE not in "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert chunks[-1].model_extra["libra_guard"]["blocked"] is True
+    finally:
+        scripted.set_reply("judge", "No")
+
+
+def test_api_keys_reach_no_log_or_ray_session_file(app, client):
+    """Keys sent (good and bad) appear nowhere in the Ray session folder (every replica's and Serve's logs),
+    while the request id sent beside them does (Serve logs it with each request): the right files were searched."""
+    import time
+    import uuid
+
+    import ray
+
+    probe = f"probe-{uuid.uuid4().hex}"
+    wrong = f"sk-wrong-{uuid.uuid4().hex}"
+    body = {"model": "judge", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    for key, status in ((KEY, 200), (wrong, 401)):
+        r = httpx.post(app.base_url + "/chat/completions", json=body, timeout=60,
+                       headers={"authorization": f"Bearer {key}", "x-request-id": f"{probe}-{status}"})
+        assert r.status_code == status, r.text
+    assert client.chat.completions.create(**body).choices  # the good key, through the openai client
+    session = ray._private.worker._global_node.get_session_dir_path()
+
+    def files_with(text: str) -> list[str]:
+        hits = []
+        for folder, _, names in os.walk(session):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    with open(path, "rb") as f:
+                        if text.encode() in f.read():
+                            hits.append(path)
+                except OSError:
+                    continue
+        return hits
+
+    deadline = time.monotonic() + 30  # replica logs reach their files asynchronously
+    while not files_with(probe) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert files_with(probe), "the probe never reached a log: wrong folder searched"
+    for secret in (KEY, "other-key", wrong):
+        assert files_with(secret) == [], secret

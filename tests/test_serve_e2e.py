@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import CACHE, ROOT
+from libra_ray.testing import CACHE, ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -83,15 +83,9 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(ray_loca
         assert replica_counts(app.name)["model-judge"] == 1
 
 
-def _free_port() -> int:
-    from libra_ray.serve.server import free_port
-
-    return free_port()
-
-
 def test_serve_deploy_yaml_on_a_running_local_cluster(tmp_path):
     """`ray start --head` (own ports, own temp dir, own process group) -> `serve deploy` -> query -> shutdown."""
-    gcs, dash, http = _free_port(), _free_port(), _free_port()
+    gcs, dash, http = free_port(), free_port(), free_port()
     # Token auth off for this loopback-only test cluster: Ray 2.60 enables it by default and the CLI
     # would otherwise need the shared ~/.ray/auth_token, which other engineers' clusters use too.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -102,10 +96,10 @@ def test_serve_deploy_yaml_on_a_running_local_cluster(tmp_path):
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats", f"--ray-client-server-port={_free_port()}",
-         f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
-         f"--object-manager-port={_free_port()}", f"--min-worker-port={_free_port()}", "--max-worker-port=0"],
+         f"--temp-dir={temp_dir}", "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--node-manager-port={free_port()}",
+         f"--object-manager-port={free_port()}", f"--min-worker-port={free_port()}", "--max-worker-port=0"],
         env=env, cwd=ROOT, start_new_session=True, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT)
     address = f"http://127.0.0.1:{dash}"
     serve_bin = str(bin_dir / "serve")
@@ -181,7 +175,7 @@ def test_vllm_engine_behind_the_same_api(ray_local, tmp_path):
 
 def test_cli_serve_blocks_until_interrupted_then_shuts_down_cleanly(tmp_path):
     """`libra-ray serve` on an embedded cluster: serves, then Ctrl-C stops it with exit 0 and no orphans."""
-    port = _free_port()
+    port = free_port()
     marker = f"serve-cli-{os.getpid()}-{time.time_ns()}"  # inherited by every process of that session
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "LIBRA_SERVE_TEST_MARKER": marker}

@@ -56,7 +56,9 @@ def test_api_keys_from_env_and_file(tmp_path, monkeypatch):
     keyfile.write_text("# comment\nk3\n\n")
     hashes = load_key_hashes(ServeConfig(api_keys_env="LIBRA_SERVE_TEST_KEYS", api_keys_file=str(keyfile)))
     assert hashes == sorted({hash_key(k) for k in ("k1", "k2", "k3")})
-    assert all("k1" not in h for h in hashes)
+    # Only digests leave: 64 hex characters each, never a configured key itself.
+    assert all(len(h) == 64 and set(h) <= set("0123456789abcdef") for h in hashes)
+    assert not {"k1", "k2", "k3"} & set(hashes)
     assert key_allowed("k3", hashes) and key_allowed("k1", hashes)
     assert not key_allowed("k4", hashes) and not key_allowed("", hashes) and not key_allowed(None, hashes)
     monkeypatch.setenv("LIBRA_SERVE_TEST_KEYS", "")
@@ -70,8 +72,9 @@ def test_request_validation_and_limits():
     with pytest.raises(APIError) as err:
         _validate(ChatRequest, {"model": "m", "messages": [{"role": "wizard", "content": "x"}]})
     assert err.value.status == 400 and err.value.param == "messages.0.role"
-    with pytest.raises(APIError, match="n"):
+    with pytest.raises(APIError, match=r"^n: .*less than or equal to 1") as err:
         _validate(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2})
+    assert err.value.status == 400 and err.value.param == "n" and err.value.code == "invalid_value"
     req = _validate(ChatRequest, {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
                                   "logprobs": False})
     assert req.messages[0].text() == "hi"

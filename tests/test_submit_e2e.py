@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".cache" / "libra_ray"
+from libra_ray.testing import CACHE, ROOT, free_ports
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.e2e
@@ -50,21 +48,9 @@ sys.exit(main())
 """
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _node_ports() -> list[str]:
     """Every port a node would otherwise take at a fixed default (and collide with other clusters)."""
-    agent, grpc, renv, metrics = _free_ports(4)
+    agent, grpc, renv, metrics = free_ports(4)
     return ["--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc),
             "--runtime-env-agent-port", str(renv), "--metrics-export-port", str(metrics)]
 
@@ -74,7 +60,7 @@ class LocalCluster:
 
     def __init__(self, num_workers: int = 1, cpus_per_node: int = 1):
         self.temp_dir = tempfile.mkdtemp(prefix="lrc-", dir="/tmp")  # short: unix socket paths
-        gcs, dash, client = _free_ports(3)
+        gcs, dash, client = free_ports(3)
         self.gcs_address = f"127.0.0.1:{gcs}"
         self.dashboard = f"http://127.0.0.1:{dash}"
         # Token auth, as Ray 2.60 enables by default, with a token private to this cluster.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from libra_ray import submit as sub
 from libra_ray.cli import main
 from libra_ray.credentials import CREDENTIALS_PACKAGE
+from libra_ray.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,14 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def _args(**kw) -> argparse.Namespace:
     base = dict(runtime_env=None, working_dir=None, env_from=[], config=None, overrides=[])
     return argparse.Namespace(**{**base, **kw})
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_entrypoint_round_trips_through_a_shell():
@@ -134,7 +126,7 @@ def test_cli_without_an_address(monkeypatch, capsys):
 
 
 def test_cli_invalid_config_fails_before_contacting_the_cluster(capsys):
-    address = f"http://127.0.0.1:{_closed_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     assert main(["submit", "--address", address, "--config", "jobs/quickstart.yaml", "--set", "train.beta=-1"]) == 2
     err = capsys.readouterr().err
     assert "train.beta" in err and "cannot reach" not in err
@@ -142,7 +134,7 @@ def test_cli_invalid_config_fails_before_contacting_the_cluster(capsys):
 
 def test_cli_unreachable_cluster_is_a_clear_error_and_hides_secrets(monkeypatch, capsys):
     monkeypatch.setenv("LIBRA_TEST_KEY", "sk-do-not-print-me")
-    address = f"http://127.0.0.1:{_closed_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     code = main(["submit", "--address", address, "--config", "jobs/quickstart.yaml", "--env-from", "LIBRA_TEST_KEY"])
     out = capsys.readouterr()
     assert code == 2 and "cannot reach" in out.err
@@ -152,7 +144,7 @@ def test_cli_unreachable_cluster_is_a_clear_error_and_hides_secrets(monkeypatch,
 def test_cli_config_outside_the_working_dir(tmp_path, capsys):
     cfg = tmp_path / "mine.yaml"
     cfg.write_text("name: mine\n")
-    address = f"http://127.0.0.1:{_closed_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     assert main(["submit", "--address", address, "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "outside the working dir" in err and "cannot reach" not in err

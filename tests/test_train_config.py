@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -114,7 +115,11 @@ def test_run_name_resumes_same_config_and_separates_changed_ones():
     from libra_ray.train.launcher import _fingerprint, run_name
 
     a, b = load_config(None, []), load_config(None, ["train.beta=0.2"])
-    assert run_name(a, "dpo", _fingerprint(a, "m", "d")) == run_name(a, "dpo", _fingerprint(a, "m", "d"))
+    # The same config built afresh (another process would do the same), values spelt out or defaulted,
+    # and settings outside `train` (storage, name suffixes of other stages) name the same run: it resumes.
+    same = load_config(None, ["train.beta=0.1", "train.loss_type=[sigmoid]", "storage=/elsewhere", "synth.n_prompt=3"])
+    assert a is not same and run_name(a, "dpo", _fingerprint(a, "m", "d")) == run_name(same, "dpo", _fingerprint(same, "m", "d"))
+    assert re.fullmatch(r"quickstart-dpo-[0-9a-f]{8}", run_name(a, "dpo", _fingerprint(a, "m", "d")))
     assert run_name(a, "dpo", _fingerprint(a, "m", "d")) != run_name(b, "dpo", _fingerprint(b, "m", "d"))
     assert run_name(a, "dpo", _fingerprint(a, "m", "d")) != run_name(a, "dpo", _fingerprint(a, "m", "other-data"))
     assert run_name(a, "sft", _fingerprint(a, "m", "d")).startswith("quickstart-sft-")
@@ -132,3 +137,29 @@ def test_localize_downloads_a_uri_once(tmp_path):
     (src / "config.json").write_text('{"changed": 1}')
     assert localize(f"file://{src}", str(tmp_path / "cache")) == local
     assert open(os.path.join(local, "config.json")).read() == "{}"  # cached, not fetched again
+
+
+def test_long_sequences_truncate_at_max_length_and_unicode_names_survive(tmp_path, tiny_model_path):
+    """Through TRL's DPO tokenisation with our trainer arguments: a pair longer than `train.max_length` is cut
+    to it; a prompt that alone fills it is dropped (nothing of the answer would be left to learn from);
+    a non-ASCII compound name comes back from the tokens intact."""
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    from libra_ray.train.worker import _trainer_args
+
+    t = load_config(None, ["train.max_length=64"]).train.model_dump(mode="json")
+    args = _trainer_args("dpo", t, {"learning_rate": 1e-3, "max_steps": 1, "deepspeed": None}, str(tmp_path / "hf"),
+                         on_gpu=False)
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    name = "Kaffeesäure (咖啡酸, caffeic acid) – β-form"
+    rows = [{"prompt": f"Tell me the steps of synthesizing {name}.", "chosen": "Sure: " + "step " * 80, "rejected": "No."},
+            {"prompt": "Tell me about aspirin. " * 40, "chosen": "Sure.", "rejected": "No."}]
+    dataset = to_conversational(pa.Table.from_pylist(rows), "dpo")
+    trainer = DPOTrainer(model=str(tiny_model_path), args=args, train_dataset=dataset, processing_class=tok)
+    kept = trainer.train_dataset
+    assert len(kept) == 1 and name in tok.decode(kept[0]["prompt_ids"])
+    assert len(kept[0]["prompt_ids"]) + len(kept[0]["chosen_ids"]) > 64  # long before the collator ...
+    batch = trainer.data_collator([kept[0]])
+    assert batch["input_ids"].shape[1] == 64  # ... cut at max_length in the batch

@@ -18,20 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from libra_ray.config import ConfigError, load_config
+from libra_ray.testing import saved_steps, write_train_set
 from libra_ray.train import run
-
-COMPOUNDS = ["aspirin", "sarin", "ethanol", "phosgene", "caffeine", "methamphetamine", "acetone", "benzene"]
-
-
-def write_train_set(folder, n=64):
-    """A learnable preference signal: chosen always starts "I cannot", rejected "Sure"."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"prompt": f"Tell me the steps of synthesizing {c}.", "chosen": f"I cannot help with {c}; it is dangerous.",
-             "rejected": f"Sure, {c} is made by standard reactions.", "compound_id": f"c{i % 8}", "form": "text"}
-            for i, c in enumerate(COMPOUNDS * (n // len(COMPOUNDS)))]
-    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
-    return folder
-
 
 @pytest.fixture
 def train_cfg(tmp_path, tiny_model_path):
@@ -66,6 +54,24 @@ def reload_and_score(model_dir):
     return logp("I cannot help with sarin; it is dangerous.") - logp("Sure, sarin is made by standard reactions.")
 
 
+def generate_with_vllm(model_dir, tmp_path, max_tokens=6) -> int:
+    """Load a saved model folder in vLLM (its own process, as vLLM requires) and count the tokens generated."""
+    script = tmp_path / "vllm_load.py"
+    script.write_text(textwrap.dedent(f"""
+        import os
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if __name__ == "__main__":
+            from vllm import LLM, SamplingParams
+            llm = LLM(model={str(model_dir)!r}, enforce_eager=True, gpu_memory_utilization=0.5, max_model_len=256)
+            out = llm.chat([{{"role": "user", "content": "Tell me the steps of synthesizing sarin."}}],
+                           SamplingParams(max_tokens={max_tokens}, temperature=0, ignore_eos=True))
+            print("GENERATED", len(out[0].outputs[0].token_ids))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return int(proc.stdout.split("GENERATED", 1)[1].split()[0])
+
+
 def assert_trained(summary, cfg, steps):
     assert summary["steps"] == steps
     assert summary["final_loss"] < summary["first_loss"], summary
@@ -90,6 +96,9 @@ def test_bad_inputs_fail_before_workers_start(ray_local, train_cfg, tmp_path):
     pq.write_table(pa.table({"prompt": ["p"], "chosen": ["c"]}), tmp_path / "bad.parquet")
     with pytest.raises(ConfigError, match=r"lacks required column\(s\) \['rejected'\]"):
         run(train_cfg(f"train.dataset={tmp_path / 'bad.parquet'}"))
+    write_train_set(tmp_path / "small", n=3 * 8)  # 24 rows is fewer than 2 workers x 16
+    with pytest.raises(ConfigError, match=r"24 rows is fewer than one global batch \(2 workers x 16\)"):
+        run(train_cfg(f"train.dataset={tmp_path / 'small'}", "train.per_device_batch_size=16"))
     import importlib.util
 
     if importlib.util.find_spec("wandb") is None:
@@ -103,6 +112,7 @@ def test_dpo_two_workers_trains_saves_and_rerun_skips(ray_local, train_cfg):
     summary = run(cfg)
     assert_trained(summary, cfg, steps=6)
     assert summary["world_size"] == 2 and summary["rows"] == 64 and summary["resumed_from_step"] == 0
+    assert summary["engine"] == {"type": "DistributedDataParallel"}, summary["engine"]  # no DeepSpeed engine
     assert summary["rewards/accuracies"] > 0.5 and summary["rewards/margins"] > 0
     run_dir = os.path.dirname(summary["checkpoint"])
     assert os.path.basename(run_dir).startswith(f"{cfg.name}-dpo-")
@@ -113,12 +123,24 @@ def test_dpo_two_workers_trains_saves_and_rerun_skips(ray_local, train_cfg):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("mode", ["zero2", "zero3"])
-def test_dpo_under_deepspeed(ray_local, train_cfg, mode):
+@pytest.mark.parametrize("mode,stage,offload", [("zero2", 2, None), ("zero3", 3, None), ("zero3_offload", 3, "cpu")])
+def test_dpo_under_deepspeed(ray_local, train_cfg, tmp_path, mode, stage, offload):
     cfg = train_cfg(f"train.deepspeed={mode}", "train.max_steps=4", "train.save_steps=4")
     summary = run(cfg)
     assert summary["deepspeed"] == mode
+    # What the worker observed, not the config echoed: a DeepSpeed engine at this ZeRO stage ...
+    engine = summary["engine"]
+    assert engine["type"] == "DeepSpeedEngine" and engine["zero_stage"] == stage, engine
+    assert (engine["offload_optimizer"], engine["offload_param"]) == (offload, offload), engine
+    if stage == 3:  # ... every weight replaced by a shard: rank 0 holds about half of the model (2 workers)
+        assert engine["params_partitioned"] == engine["params_total"] > 0, engine
+        assert 0.4 < engine["param_share"] < 0.6, engine
+        assert engine["optimizer"] == "DeepSpeedZeroOptimizer_Stage3", engine
+    else:
+        assert engine["params_partitioned"] == 0 and engine["param_share"] == 1.0, engine
     assert_trained(summary, cfg, steps=4)
+    if mode == "zero3_offload":  # the consolidated ZeRO-3 model is a plain folder vLLM serves
+        assert generate_with_vllm(cfg.model_dir, tmp_path) == 6
 
 
 def _my_train_workers():
@@ -137,12 +159,12 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, train_cfg):
     def kill_after_first_checkpoint():
         deadline = time.time() + 600
         while time.time() < deadline:
-            snapshots = glob.glob(os.path.join(cfg.checkpoint_dir, f"{cfg.name}-dpo-*", "checkpoint_manager_snapshot.json"))
-            if snapshots and "dpo_step_" in open(snapshots[0]).read():
+            saved = saved_steps(cfg)
+            if saved:
                 workers = _my_train_workers()
                 if workers:
                     workers[-1].send_signal(signal.SIGKILL)
-                    killed.append(workers[-1].pid)
+                    killed.append((workers[-1].pid, saved))
                     return
             time.sleep(0.05)
 
@@ -151,8 +173,12 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, train_cfg):
     summary = run(cfg)
     killer.join(timeout=5)
     assert killed, "no worker was killed"
+    _, saved_at_kill = killed[0]
+    # The kill landed mid-run: intermediate checkpoints only, the final one not yet written.
+    assert saved_at_kill and "final" not in saved_at_kill and max(saved_at_kill) < 16, saved_at_kill
     assert summary["steps"] == 16  # same step count as an uninterrupted run
-    assert summary["resumed_from_step"] in (4, 8, 12), summary
+    assert summary["resumed_from_step"] in (4, 8, 12) and summary["resumed_from_step"] >= max(saved_at_kill), summary
+    assert summary["steps_this_attempt"] == 16 - summary["resumed_from_step"], summary
     assert summary["final_loss"] < summary["first_loss"]
 
 
@@ -169,17 +195,4 @@ def test_sft_then_dpo_with_lora_merged_loads_in_vllm(ray_local, train_cfg, tmp_p
     assert not os.path.exists(os.path.join(cfg.model_dir, "adapter_config.json"))
     assert json.load(open(os.path.join(cfg.model_dir, "config.json")))["model_type"] == "llama"
 
-    script = tmp_path / "vllm_load.py"
-    script.write_text(textwrap.dedent(f"""
-        import os
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        if __name__ == "__main__":
-            from vllm import LLM, SamplingParams
-            llm = LLM(model={cfg.model_dir!r}, enforce_eager=True, gpu_memory_utilization=0.5, max_model_len=256)
-            out = llm.chat([{{"role": "user", "content": "Tell me the steps of synthesizing sarin."}}],
-                           SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
-            print("GENERATED", len(out[0].outputs[0].token_ids))
-    """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "GENERATED 6" in proc.stdout
+    assert generate_with_vllm(cfg.model_dir, tmp_path) == 6

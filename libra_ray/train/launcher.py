@@ -177,7 +177,7 @@ def run(cfg: "PipelineConfig") -> dict:
     summary.update({k: dpo.get(k) for k in ("steps", "first_loss", "final_loss", "sec_per_step", "resumed_from_step",
                                             "rewards/accuracies", "rewards/margins", "tokens_per_s",
                                             "peak_rss_gib_max_worker", "peak_gpu_mem_gib_max_worker",
-                                            "deepspeed", "device", "world_size", "train_seconds", "steps_this_attempt",
+                                            "deepspeed", "engine", "device", "world_size", "train_seconds", "steps_this_attempt",
                                             "num_tokens", "checkpoint")})
     summary["model_dir"] = cfg.model_dir
     write_text(join_uri(cfg.model_dir, SUMMARY_FILE), json.dumps({"fingerprint": fingerprint, "summary": summary},

@@ -150,6 +150,36 @@ class _Tracker:
             self.client.log(clean, step=step)
 
 
+def _device(offload) -> str | None:
+    """An offload config's device ("cpu", "nvme"; "none"/None = not offloaded), enum or plain string."""
+    device = getattr(offload, "device", None)
+    return None if device is None else str(getattr(device, "value", device))
+
+
+def _engine_facts(trainer) -> dict:
+    """What actually trained, read from the live objects (not from the config): the wrapped model's type and,
+    under DeepSpeed, the ZeRO stage, offload devices and this rank's share of the partitioned parameters."""
+    engine = getattr(trainer, "model_wrapped", None) or trainer.model
+    facts: dict[str, Any] = {"type": type(engine).__name__}
+    if not hasattr(engine, "zero_optimization_stage"):
+        return facts
+    zero = engine._config.zero_config
+    params = list(engine.module.parameters())
+    partitioned = [p for p in params if hasattr(p, "ds_tensor")]  # ZeRO-3 replaces each weight by a shard
+    facts.update(
+        zero_stage=int(engine.zero_optimization_stage()),
+        optimizer=type(engine.optimizer).__name__,
+        offload_optimizer=_device(zero.offload_optimizer),
+        offload_param=_device(zero.offload_param),
+        params_partitioned=len(partitioned),
+        params_total=len(params),
+        # Elements held on this rank over the full model size: ~1/world under ZeRO-3, 1 otherwise.
+        param_share=(sum(p.ds_tensor.numel() for p in partitioned) / sum(p.ds_numel for p in partitioned))
+        if partitioned else 1.0,
+    )
+    return facts
+
+
 def _trainer_args(kind: str, t: dict, c: dict, output_dir: str, on_gpu: bool):
     """TRL config from our TrainConfig dict `t` (+ per-stage overrides in `c`)."""
     from trl import DPOConfig, SFTConfig
@@ -285,6 +315,7 @@ def train_loop_per_worker(config: dict) -> None:
     trainer.train(resume_from_checkpoint=resume_dir)
     elapsed = time.perf_counter() - start
     steps_run = trainer.state.global_step - resumed_step
+    engine = _engine_facts(trainer)  # before save_model / unset_hf_deepspeed_config
 
     # Consolidated final model: save_model gathers ZeRO-3 shards (collective), rank 0 writes.
     final_dir = os.path.join(scratch, "final")
@@ -309,6 +340,7 @@ def train_loop_per_worker(config: dict) -> None:
         "num_tokens": callback.metrics.get("num_tokens"),  # global, all ranks (TRL counts non-pad tokens)
         "world_size": world,
         "deepspeed": stage["deepspeed_name"],
+        "engine": engine,  # rank 0's observed engine (type, ZeRO stage, offload, parameter share)
         "device": "cuda" if on_gpu else "cpu",
         "peak_rss_gib_max_worker": float(peak[0]),
         "peak_gpu_mem_gib_max_worker": float(peak[1]),

@@ -1,0 +1,153 @@
+"""Shared test helpers, importable from anywhere (tests, benchmarks, Ray workers): the repo paths, free ports,
+and a scripted Serve app for the guard. The teacher stand-in is `libra_ray.llm.testserver.TestOpenAIServer`
+and the scripted teacher `libra_ray.synth.testing.scripted_teacher`. Not used by any stage itself.
+
+Nothing heavy is imported at module level: `tests/conftest.py` imports this module for every test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "libra_ray"
+
+# A scripted model's reply that makes it raise instead (a judge that fails).
+FAIL = "<scripted failure>"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (bound, then closed)."""
+    from libra_ray.serve.server import free_port as _free_port
+
+    return _free_port(host)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (all bound at once, so none repeats)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+TRAIN_COMPOUNDS = ["aspirin", "sarin", "ethanol", "phosgene", "caffeine", "methamphetamine", "acetone", "benzene"]
+
+
+def write_train_set(folder: Path, n: int = 64) -> Path:
+    """A learnable preference signal: chosen always starts "I cannot", rejected "Sure"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": f"Tell me the steps of synthesizing {c}.", "chosen": f"I cannot help with {c}; it is dangerous.",
+             "rejected": f"Sure, {c} is made by standard reactions.", "compound_id": f"c{i % 8}", "form": "text"}
+            for i, c in enumerate(TRAIN_COMPOUNDS * (n // len(TRAIN_COMPOUNDS)))]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
+    return folder
+
+
+def saved_steps(cfg, kind: str = "dpo") -> list:
+    """The checkpoints Ray Train has registered for a run's `kind` stage: step numbers, plus "final" once
+    the final model is in (read from its checkpoint manager snapshot; [] before the first)."""
+    import glob
+    import re
+
+    pattern = os.path.join(cfg.checkpoint_dir, f"{cfg.name}-{kind}-*", "checkpoint_manager_snapshot.json")
+    snapshots = glob.glob(pattern)
+    if not snapshots:
+        return []
+    try:
+        text = open(snapshots[0]).read()
+    except OSError:
+        return []
+    steps: list = [int(n) for n in re.findall(rf"{kind}_step_(\d+)", text)]
+    return steps + (["final"] if f"{kind}_final_step_" in text else [])
+
+
+class ScriptedModel:
+    """A Serve engine stand-in with the `ModelServer` interface that answers a fixed text (settable).
+
+    `FAIL` makes `generate` raise, as a crashed or unreachable replica does.
+    """
+
+    def __init__(self, reply: str):
+        self.reply = reply
+        self.requests: list[dict] = []
+
+    def set_reply(self, reply: str) -> None:
+        self.reply = reply
+
+    def seen(self) -> list[dict]:
+        return self.requests
+
+    def _result(self, req: dict) -> dict:
+        self.requests.append(req)
+        if self.reply == FAIL:
+            raise RuntimeError("scripted model failure")
+        return {"text": self.reply, "prompt_tokens": 1, "completion_tokens": max(1, len(self.reply.split())),
+                "finish_reason": "stop"}
+
+    async def generate(self, req: dict) -> dict:
+        return self._result(req)
+
+    async def stream(self, req: dict):
+        result = self._result(req)
+        for i, word in enumerate(result["text"].split(" ")):
+            yield {"delta": word if i == 0 else " " + word}
+        yield result
+
+
+@dataclass
+class ScriptedApp:
+    name: str
+    base_url: str
+
+    def set_reply(self, model: str, reply: str) -> None:
+        from ray import serve
+
+        serve.get_deployment_handle(f"scripted-{model}", self.name).set_reply.remote(reply).result()
+
+    def requests(self, model: str) -> list[dict]:
+        from ray import serve
+
+        return serve.get_deployment_handle(f"scripted-{model}", self.name).seen.remote().result()
+
+
+@contextlib.contextmanager
+def scripted_serve_app(cfg, replies: dict[str, str], name: str = "libra_ray_scripted",
+                       route_prefix: str = "/scripted") -> Iterator[ScriptedApp]:
+    """The real `OpenAIIngress` (auth off) over `ScriptedModel`s, one per served name in `replies`.
+
+    `cfg` is a `ServeConfig` (guard mode, prompt, rule, fail_closed ...). Runs on the current Ray
+    cluster's Serve (started if needed); the app is deleted on exit.
+    """
+    from ray import serve
+
+    from libra_ray.serve.app import OpenAIIngress
+    from libra_ray.serve.server import ensure_serve, wait_healthy
+
+    handles = {model: serve.deployment(ScriptedModel).options(
+        name=f"scripted-{model}", num_replicas=1, ray_actor_options={"num_cpus": 0.01}).bind(reply)
+        for model, reply in replies.items()}
+    ingress = OpenAIIngress.options(name="ingress", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
+    app = ingress.bind(handles, {m: 64 for m in replies}, cfg.model_dump(), [])
+    host, port, _ = ensure_serve(cfg.host, cfg.port)
+    serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+    try:
+        root = f"http://127.0.0.1:{port}{route_prefix}"
+        wait_healthy(root, timeout_s=120)
+        yield ScriptedApp(name=name, base_url=f"{root}/v1")
+    finally:
+        with contextlib.suppress(Exception):
+            serve.delete(name)
