@@ -54,7 +54,7 @@ def servers():
 def _cfg(tmp_path, *overrides):
     from libra_ray.config import load_config
 
-    from tests.conftest import CACHE
+    from libra_ray.testing import CACHE
 
     return load_config(None, [f"storage={tmp_path / 'runs'}", f"cache_dir={CACHE}",
                               f"bench.prompts={_prompts(tmp_path / 'p.parquet', N)}", "bench.max_tokens=16",

@@ -151,7 +151,7 @@ def test_real_engine_regenerates_after_a_new_checkpoint(ray_local, tmp_path, tin
 
     from libra_ray.config import load_config
 
-    from tests.conftest import CACHE
+    from libra_ray.testing import CACHE
 
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_model_path, folder)

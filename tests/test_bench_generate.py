@@ -61,7 +61,7 @@ class CrashingEngine(TransformersEngine):
 def bench_cfg(tmp_path):
     from libra_ray.config import load_config
 
-    from tests.conftest import CACHE
+    from libra_ray.testing import CACHE
 
     path = write_prompts(tmp_path / "prompts.parquet", 30)
     return load_config(None, [f"storage={tmp_path / 'runs'}", f"cache_dir={CACHE}", f"bench.prompts={path}",

@@ -128,10 +128,11 @@ def test_evaluate_against_real_judge_endpoint(judge_server, tmp_path):
     assert scores["unjudged"] == 1 and scores["reasoning_leak"]["value"] == 1.0
     assert scores["safety"]["value"] == 0.5 and scores["utility"]["value"] == 1.0
 
-    # A second evaluation is served from the cache, except the retries of the unparseable row.
+    # A second evaluation is served from the cache entirely: the retries' per-attempt seeds are the
+    # same on a re-run, so even the unparseable row's retries are cache hits (nothing paid twice).
     before = judge_server.request_count
     evaluate(rows, bench, client)
-    assert judge_server.request_count - before <= 3 * len(bench.judge_prompts)
+    assert judge_server.request_count == before
 
 
 def test_rule_only_without_judge():
