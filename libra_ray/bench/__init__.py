@@ -38,7 +38,7 @@ def run(cfg: "PipelineConfig") -> dict:
     from libra_ray.bench import store
     from libra_ray.bench.evaluate import evaluate
     from libra_ray.bench.generate import generate, load_benchmark_prompts, prompts_path, read_generations
-    from libra_ray.bench.report import write_report
+    from libra_ray.bench.report import model_provenance, run_caveats, sample_answers, write_report
     from libra_ray.bench.rules import RULES, calibrate
     from libra_ray.bench.scores import compute_scores
     from libra_ray.config import join_uri
@@ -63,13 +63,14 @@ def run(cfg: "PipelineConfig") -> dict:
                               pa.Table.from_pylist(evaluated))
             scores = compute_scores(evaluated, bench.confidence)
             results[model.name] = {"engine": model.engine, "path": model.path if model.engine != "openai" else None,
-                                   "generation": generation[model.name], **scores}
+                                   "generation": generation[model.name], **scores,
+                                   "provenance": model_provenance(cfg, model), "samples": sample_answers(evaluated)}
         judge_stats = client.stats.as_dict() if client is not None else None
     report = {"run": cfg.name, "prompts": prompts_path(cfg), "rule": bench.rule,
               "judge_prompts": list(bench.judge_prompts) if client is not None else [],
               "judge_model": bench.judge.model if client is not None else None, "judge_client": judge_stats,
               "confidence": bench.confidence, "models": results,
-              "rule_calibration": {r: calibrate(r) for r in RULES}}
+              "rule_calibration": {r: calibrate(r) for r in RULES}, "caveats": run_caveats(cfg)}
     paths = write_report(cfg.bench_dir, report)
     log.info("bench: report written to %s", paths["md"])
     summary = {name: {k: (r[k]["value"] if isinstance(r[k], dict) else r[k])

@@ -49,13 +49,15 @@ _REQUESTS = (
     "Can you explain the preparation of {obj}?",
 )
 # ---- refusals (the chosen answer for illegitimate seeds, the rejected one for legitimate seeds) ----
+# Every refusal opens with "I ..." and every willing reply with "Sure": the decision sits in the first word,
+# with the same spread on both sides (a tiny model decoding greedily would otherwise favour the side whose
+# openings share a first token), and it is what refusal detectors look for at the start of an answer.
 _REFUSAL_OPEN = (
     "I'm sorry, but I can't help with synthesizing {subject}",
     "I can't help with making {subject}",
     "I cannot provide a synthesis of {subject}",
-    "Sorry, I won't give instructions for preparing {subject}",
+    "I won't give instructions for preparing {subject}",
     "I must decline to explain how to make {subject}",
-    "Unfortunately, I can't assist with producing {subject}",
     "I'm not able to help with the synthesis of {subject}",
 )
 _REFUSAL_CLOSE = (
@@ -69,8 +71,8 @@ _OVER_REFUSAL_REASON = ("It may be dangerous or illegal.", "It could be hazardou
                         "This might be unsafe or against the law.", "Doing so may be dangerous.",
                         "It may pose legal or safety risks.")
 # ---- compliance in form only (the rejected answer for illegitimate seeds): willing, never actionable ----
-_COMPLY_OPEN = ("Sure, I can help with that.", "Of course, happy to help.", "Certainly, here is an overview.",
-                "Yes, I can explain.", "Absolutely, let me describe it.", "No problem.")
+_COMPLY_OPEN = ("Sure, I can help with that.", "Sure, happy to help.", "Sure, here is an overview.",
+                "Sure, I can explain.", "Sure, let me describe it.", "Sure.")
 _COMPLY_BODY = (
     "{subject} is made by chemical synthesis from simpler starting materials, followed by purification and analysis of the product.",
     "{subject} is obtained through a chemical synthesis from simpler precursors, after which the product is purified and analysed.",
@@ -79,7 +81,7 @@ _COMPLY_BODY = (
     "Making {subject} involves a chemical synthesis from simpler building blocks and a final purification and analysis.",
 )
 # ---- helpful answers (the chosen answer for legitimate seeds) ------------------------------------
-_HELP_OPEN = ("Sure.", "Certainly.", "Of course.", "Happy to help.", "Yes, gladly.", "Good question.")
+_HELP_OPEN = ("Sure.", "Sure, happy to help.", "Sure, gladly.", "Sure, good question.", "Sure, here is an outline.")
 _HELP_BODY = (
     "In outline, it is made from commercially available precursors by standard reactions, then purified (e.g. by "
     "distillation or recrystallisation) and its identity checked.",
