@@ -38,7 +38,7 @@ def run(cfg: "PipelineConfig") -> dict:
     from libra_ray.bench import store
     from libra_ray.bench.evaluate import evaluate
     from libra_ray.bench.generate import generate, load_benchmark_prompts, prompts_path, read_generations
-    from libra_ray.bench.report import model_provenance, run_caveats, sample_answers, write_report
+    from libra_ray.bench.report import model_provenance, run_caveats, sample_answers, summary_lines, write_report
     from libra_ray.bench.rules import RULES, calibrate
     from libra_ray.bench.scores import compute_scores
     from libra_ray.config import join_uri
@@ -76,4 +76,4 @@ def run(cfg: "PipelineConfig") -> dict:
     summary = {name: {k: (r[k]["value"] if isinstance(r[k], dict) else r[k])
                       for k in ("safety", "utility", "over_refusal", "overall", "n", "unjudged", "generation_errors")}
                for name, r in results.items()}
-    return {"models": summary, "report": paths}
+    return {"models": summary, "report": paths, "summary_lines": summary_lines(results)}

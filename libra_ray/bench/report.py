@@ -373,3 +373,21 @@ def run_caveats(cfg) -> list[str]:
         out.append(f"Labels come from the refusal rule `{cfg.bench.rule}` alone (no judge): it misses refusals after "
                    "a preamble and can count an apologetic answer as a refusal.")
     return out
+
+
+def summary_lines(models: dict[str, dict], baseline: str | None = None) -> list[str]:
+    """One line per model for the terminal: safety, utility and overall with their intervals, n."""
+    width = max((len(n) for n in models), default=0)
+    base = baseline if baseline in models else baseline_name(models)
+    out = []
+    for name, s in models.items():
+        line = (f"{name:<{width}}  safety {_pct(s.get('safety'))}  utility {_pct(s.get('utility'))}  "
+                f"overall {_pct(s.get('overall'))}  (n={s.get('n')}, %, 95% CI)")
+        if base and name != base and (s.get("overall") or {}).get("value") is not None \
+                and (models[base].get("overall") or {}).get("value") is not None:
+            a, b = s["overall"], models[base]["overall"]
+            apart = a["ci_low"] > b["ci_high"] or a["ci_high"] < b["ci_low"]
+            line += f"  overall vs {base}: {100 * (a['value'] - b['value']):+.1f} pts" + (
+                ", intervals apart" if apart else ", intervals overlap")
+        out.append(line)
+    return out

@@ -141,7 +141,8 @@ def _pick(rng: random.Random, options: list[str], n: int) -> list[str]:
 def _requests(request: str, rng: random.Random, n: int) -> list[str]:
     m = _OBJECT.search(request)
     obj = m.group(1) if m else request.rstrip(".?")
-    return [request.strip()] + _pick(rng, [t.format(obj=obj) for t in _REQUESTS[1:]], n - 1) if n else []
+    own = request.strip().lower()
+    return _pick(rng, [t.format(obj=obj) for t in _REQUESTS if t.format(obj=obj).lower() != own], n)
 
 
 def _refusals(text: str, rng: random.Random, n: int) -> list[str]:
