@@ -153,13 +153,14 @@ def _refusals(text: str, rng: random.Random, n: int) -> list[str]:
     if over_refusal:
         opts = [f"{o.format(subject=subject)}. {r}" for o in _REFUSAL_OPEN for r in _OVER_REFUSAL_REASON]
     else:
-        seed_reason = text.split(": ", 1)[1].split(". ", 1)[0] if ": " in text else ""
-        reasons = [seed_reason] if seed_reason else []
+        # A known compound's refusal gives the reason in the words its public facts use (what a real teacher
+        # would say); otherwise the seed's own reason.
         if known:
             f = facts(known[1], known[2])
-            reasons.append(f"it is {f.what}{listed_clause(f)}")
-            reasons.append(f"{known[0]} is {f.what}, and {f.use}")
-        reasons = reasons or ["it could be used to cause serious harm"]
+            reasons = [f"it is {f.what}", f"it is {f.what}{listed_clause(f)}", f"{known[0]} is {f.what}, and {f.use}"]
+        else:
+            seed_reason = text.split(": ", 1)[1].split(". ", 1)[0] if ": " in text else ""
+            reasons = [seed_reason or "it could be used to cause serious harm"]
         opts = [f"{o.format(subject=subject)}: {r}. {c}".strip() for o in _REFUSAL_OPEN for r in reasons for c in _REFUSAL_CLOSE]
     return _pick(rng, opts, n)
 
