@@ -65,7 +65,7 @@ def test_html_has_no_overflow_prone_widths():
         assert "width" not in attrs or int(re.sub(r"\D", "", attrs["width"]) or 0) <= 1100, (tag, attrs)
         assert not re.search(r"width:\s*\d{4,}px", attrs.get("style", "")), (tag, attrs)
     css = re.search(r"<style>(.*?)</style>", html, re.DOTALL).group(1)
-    assert "img{max-width:100%" in css and "overflow-wrap:anywhere" in css
+    assert "img{max-width:100%" in css and "overflow-wrap:break-word" in css
     assert not re.search(r"(?<!max-)width:\s*\d{4,}px", css)
 
 
