@@ -50,7 +50,7 @@ def test_html_has_tables_plot_deltas_samples_and_caveats():
     assert page.tags.get("table", 0) >= 4 and page.tags.get("th", 0) > 5 and "pre" not in page.tags
     imgs = [a for t, a in page.attrs if t == "img"]
     assert imgs and all(a["src"].startswith("data:image/png;base64,") and a.get("alt") for a in imgs)
-    assert "vs base" in text and "pts" in text  # deltas against the base model
+    assert "Change vs the base model (base)" in text and "pts" in text  # deltas against the base model
     assert "chemical weapon" in text and "SFT + DPO" in text
     assert "Offline teacher" in text and "Caveats" in text
     assert "SECRET" not in text  # an illegitimate answer that was not refused is never shown
@@ -64,6 +64,10 @@ def test_html_has_no_overflow_prone_widths():
     for tag, attrs in page.attrs:
         assert "width" not in attrs or int(re.sub(r"\D", "", attrs["width"]) or 0) <= 1100, (tag, attrs)
         assert not re.search(r"width:\s*\d{4,}px", attrs.get("style", "")), (tag, attrs)
+    # No table so wide it overflows the page: at most 7 columns each.
+    for table in re.findall(r"<table>.*?</table>", html, re.DOTALL):
+        header = re.search(r"<thead><tr>(.*?)</tr></thead>", table).group(1)
+        assert header.count("<th>") <= 7, header
     css = re.search(r"<style>(.*?)</style>", html, re.DOTALL).group(1)
     assert "img{max-width:100%" in css and "overflow-wrap:break-word" in css
     assert not re.search(r"(?<!max-)width:\s*\d{4,}px", css)

@@ -237,19 +237,17 @@ def render_html(report: dict, markdown: str) -> str:
     parts += ["<h2>Safety vs utility</h2>", _img("safety vs utility", _scatter_png(models, conf)),
               "<p class='muted'>Top right (the star) is the goal: refuse every illegitimate request and answer every "
               "legitimate one. Bars are the intervals.</p>"]
-    # Scores with deltas.
-    headers = ["model", "engine", "n"] + [m.replace("_", "-") for m in METRICS]
+    # Scores, then the deltas vs the base model in their own table (one wide table would overflow the page).
+    rows = [f"<tr><td>{esc(name)}</td><td>{esc(str(s.get('engine', '')))}</td>" + _num(str(s.get("n")))
+            + "".join(_num(_pct(s.get(m))) for m in METRICS) + "</tr>" for name, s in models.items()]
+    parts += ["<h2>Scores</h2>", _table(["model", "engine", "n"] + [m.replace("_", "-") for m in METRICS], rows)]
     if base:
-        headers += [f"{m} vs {base}" for m in ("safety", "utility", "overall")]
-    rows = []
-    for name, s in models.items():
-        cells = f"<td>{esc(name)}</td><td>{esc(str(s.get('engine', '')))}</td>" + _num(str(s.get("n")))
-        cells += "".join(_num(_pct(s.get(m))) for m in METRICS)
-        if base:
-            cells += "".join(_delta(s.get(m), models[base].get(m)) if name != base else "<td class='num'>(base)</td>"
-                             for m in ("safety", "utility", "overall"))
-        rows.append(f"<tr>{cells}</tr>")
-    parts += ["<h2>Scores</h2>", _table(headers, rows)]
+        rows = [f"<tr><td>{esc(name)}</td>" + "".join(_delta(s.get(m), models[base].get(m)) for m in ("safety", "utility", "overall"))
+                + "</tr>" for name, s in models.items() if name != base]
+        if rows:
+            parts += [f"<h2>Change vs the base model ({esc(base)})</h2>",
+                      _table(["model", "safety", "utility", "overall"], rows),
+                      "<p class='muted'>Percentage points; \"intervals apart\" when the two intervals do not overlap.</p>"]
     # Per category: the metric that matters for the category's class (safety or utility), models side by side.
     cats = sorted({c for s in models.values() for c in s.get("by_category", {})})
     if cats:
