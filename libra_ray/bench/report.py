@@ -114,7 +114,7 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em aut
         "h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}"
         "table{border-collapse:collapse;width:100%;margin:.5em 0;font-size:.9em}"
         "th,td{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top;overflow-wrap:break-word}"
-        "th{background:#f4f4f4}td:first-child,td:nth-child(2){white-space:nowrap}td.num{text-align:right;white-space:nowrap}"
+        "th{background:#f4f4f4}td:first-child{white-space:nowrap}td.num{text-align:right;white-space:nowrap}"
         "img{max-width:100%;height:auto}.pos{color:#1a7f37}.neg{color:#b42318}"
         ".caveats{background:#fff8e1;border:1px solid #f0c36d;padding:.6em 1em;border-radius:6px}"
         ".muted{color:#666;font-size:.85em}.kpi{display:flex;flex-wrap:wrap;gap:1em}"
@@ -359,7 +359,7 @@ def run_caveats(cfg) -> list[str]:
     out = []
     if any(m.path in ("tiny", "tiny-pretrained", "trained") and m.engine != "openai" for m in cfg.bench.models) \
             and cfg.train.model in ("tiny", "tiny-pretrained"):
-        out.append("Model size: tiny Llamas (a few million parameters) trained in minutes on CPU: a miniature of "
+        out.append("Model size: tiny Llamas (about a million parameters) trained in minutes on CPU: a miniature of "
                    "the method, not a usable assistant; its answers are templated text.")
     if cfg.bench.prompts is None and cfg.synth.teacher.model == OFFLINE_PARAPHRASER:
         out.append("Offline teacher: the dataset and these held-out prompts come from the offline stand-in teacher "
