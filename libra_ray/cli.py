@@ -179,6 +179,10 @@ def _dispatch(args: argparse.Namespace, cfg: PipelineConfig, argv: list[str] | N
             check(cfg)
     summary = run_pipeline(cfg, stages)
     print(json.dumps(summary, indent=2, default=str))
+    lines = (summary.get("bench") or {}).get("summary_lines") or []
+    if lines:  # the headline, last: one line per model
+        print("[libra-ray] benchmark summary (safety / utility / overall, % with 95% CI):")
+        print("\n".join(f"  {line}" for line in lines), flush=True)
     return 0
 
 

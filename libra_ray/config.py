@@ -64,6 +64,23 @@ class TinyModelConfig(StrictModel):
         return heads
 
 
+class PretrainedTinyConfig(TinyModelConfig):
+    """The tiny Llama pretrained on facts about every catalogue compound (`model: tiny-pretrained`):
+    the embedded default's base model, which knows what a compound is (see libra_ray.train.pretrain)."""
+
+    hidden_size: int = Field(default=128, ge=32)
+    num_layers: int = Field(default=3, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    num_kv_heads: int = Field(default=2, ge=1)
+    intermediate_size: int = Field(default=384, ge=8)
+    vocab_size: int = Field(default=2048, ge=300)
+    epochs: int = Field(default=10, ge=1, description="passes over the fact corpus")
+    batch_size: int = Field(default=32, ge=1, description="packed windows per step")
+    seq_len: int = Field(default=128, ge=16, description="tokens per packed window")
+    learning_rate: float = Field(default=3e-3, gt=0, description="peak AdamW learning rate (warmup, cosine decay)")
+    num_threads: int = Field(default=2, ge=1, description="torch CPU threads (fixed, for reproducible floats)")
+
+
 class PipelineConfig(StrictModel):
     """The whole run. Stage outputs live under `{storage}/{name}/` (a local path or a pyarrow URI)."""
 
@@ -73,6 +90,8 @@ class PipelineConfig(StrictModel):
     cache_dir: str = "./.cache/libra_ray"
     ray: RayConfig = Field(default_factory=RayConfig)
     tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    tiny_pretrained: PretrainedTinyConfig = Field(default_factory=PretrainedTinyConfig,
+                                                  description="the pretrained tiny base model ('tiny-pretrained')")
     synth: SynthConfig = Field(default_factory=SynthConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)

@@ -27,6 +27,13 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def render_chat(messages: list[dict]) -> str:
+    """`CHAT_TEMPLATE` applied in plain Python (no tokenizer needed), e.g. for pretraining documents."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
 
 # A small domain corpus so the BPE merges look like chemistry and refusals, not random bytes.
@@ -53,7 +60,7 @@ def _fingerprint(cfg: "TinyModelConfig") -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def build_tokenizer(vocab_size: int):
+def build_tokenizer(vocab_size: int, corpus: list[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -66,7 +73,7 @@ def build_tokenizer(vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus or _corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|bos|>",
@@ -140,12 +147,19 @@ def ensure_tiny_model(cache_dir: str | os.PathLike, cfg: "TinyModelConfig | None
 def resolve_model(ref: str, cfg: "PipelineConfig", key: str = "model") -> str:
     """Turn a model reference from config into something `from_pretrained`/vLLM can load.
 
-    "tiny" -> the cached tiny model; "trained" -> this run's trained model; anything else (a hub id or a
-    path) is passed through unchanged. A missing trained model or local path is a ConfigError naming
-    `key` (see `check_model_ref`).
+    "tiny" -> the cached tiny model (random weights); "tiny-pretrained" -> the tiny model pretrained on
+    facts about the catalogue's compounds (built once, cached; libra_ray.train.pretrain); "trained" -> this
+    run's trained model; anything else (a hub id or a path) is passed through unchanged. A missing trained
+    model or local path is a ConfigError naming `key` (see `check_model_ref`).
     """
     if ref == TINY:
         return str(ensure_tiny_model(Path(cfg.cache_dir).absolute(), cfg.tiny_model))
+    from libra_ray.train.pretrain import TINY_PRETRAINED
+
+    if ref == TINY_PRETRAINED:
+        from libra_ray.train.pretrain import ensure_pretrained_model
+
+        return str(ensure_pretrained_model(Path(cfg.cache_dir).absolute(), cfg.tiny_pretrained, cfg.synth.seeds_csv))
     check_model_ref(ref, cfg, key)
     return cfg.model_dir if ref == "trained" else ref
 
@@ -176,7 +190,7 @@ def check_model_ref(ref: str, cfg: "PipelineConfig", key: str = "model") -> None
     from libra_ray.config import ConfigError, join_uri
     from libra_ray.storage import exists
 
-    if ref == TINY:
+    if ref in (TINY, "tiny-pretrained"):  # built locally on first use
         return
     if ref == "trained":
         if not exists(join_uri(cfg.model_dir, "config.json")):

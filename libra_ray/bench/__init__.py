@@ -74,7 +74,7 @@ def run(cfg: "PipelineConfig") -> dict:
     from libra_ray.bench.evaluate import evaluate_resuming
     from libra_ray.bench.generate import (generate, generation_keys, load_benchmark_prompts, prompts_path,
                                           read_generations)
-    from libra_ray.bench.report import write_report
+    from libra_ray.bench.report import model_provenance, run_caveats, sample_answers, summary_lines, write_report
     from libra_ray.bench.rules import RULES, calibrate
     from libra_ray.bench.scores import compute_scores
     from libra_ray.config import join_uri
@@ -101,7 +101,8 @@ def run(cfg: "PipelineConfig") -> dict:
             store.write_table(eval_path, pa.Table.from_pylist(evaluated))
             scores = compute_scores(evaluated, bench.confidence)
             results[model.name] = {"engine": model.engine, "path": model.path if model.engine != "openai" else None,
-                                   "generation": generation[model.name], "evaluation": eval_counts, **scores}
+                                   "generation": generation[model.name], "evaluation": eval_counts, **scores,
+                                   "provenance": model_provenance(cfg, model), "samples": sample_answers(evaluated)}
         judge_stats = client.stats() if client is not None else None
     report = {"run": cfg.name, "prompts": prompts_path(cfg), "rule": bench.rule,
               "judge_prompts": list(bench.judge_prompts) if client is not None else [],
@@ -113,10 +114,10 @@ def run(cfg: "PipelineConfig") -> dict:
                            "accuracy": detector_accuracy(detector.name, detector),
                            "rule_accuracy": detector_accuracy(f"rule:{bench.rule}")},
               "rule_calibration_note": "smoke check on 12 built-in sentences, not a measurement",
-              "rule_calibration": {r: calibrate(r) for r in RULES}}
+              "rule_calibration": {r: calibrate(r) for r in RULES}, "caveats": run_caveats(cfg)}
     paths = write_report(cfg.bench_dir, report)
     log.info("bench: report written to %s", paths["md"])
     summary = {name: {k: (r[k]["value"] if isinstance(r[k], dict) else r[k])
                       for k in ("safety", "utility", "over_refusal", "overall", "n", "unjudged", "generation_errors")}
                for name, r in results.items()}
-    return {"models": summary, "report": paths}
+    return {"models": summary, "report": paths, "summary_lines": summary_lines(results)}

@@ -11,7 +11,8 @@ class EndpointConfig(StrictModel):
     """Any OpenAI-compatible chat endpoint.
 
     `base_url` None means the embedded default: a local OpenAI-compatible server on 127.0.0.1
-    hosting the tiny model (its text is nonsense; the wiring is real). The API key is read from the
+    hosting the tiny model (its text is nonsense; the wiring is real), or, with `model:
+    offline-paraphraser`, the offline stand-in teacher (libra_ray.synth.paraphraser). The API key is read from the
     environment variable named by `api_key_env` at call time and never stored in configs or outputs.
     """
 

@@ -17,10 +17,19 @@ def open_endpoint(endpoint: "EndpointConfig", cfg: "PipelineConfig") -> Iterator
 
     `endpoint.base_url` set: yielded as is (nothing started). None: the embedded default, a local
     OpenAI-compatible Ray Serve app on 127.0.0.1 hosting `endpoint.model` (e.g. the tiny model),
-    started on the current Ray cluster and torn down on exit.
+    started on the current Ray cluster and torn down on exit; or, for `model: offline-paraphraser`,
+    the offline stand-in teacher (libra_ray.synth.paraphraser) on 127.0.0.1.
     """
     if endpoint.base_url:
         yield endpoint.base_url.rstrip("/")
+        return
+    from libra_ray.synth.paraphraser import OFFLINE_PARAPHRASER
+
+    if endpoint.model == OFFLINE_PARAPHRASER:  # the offline stand-in teacher (templates, no LM), real HTTP
+        from libra_ray.synth.paraphraser import offline_teacher_server
+
+        with offline_teacher_server(cfg) as base_url:
+            yield base_url.rstrip("/")
         return
     try:
         from libra_ray.serve.local import local_openai_server  # lazy: Serve is heavy

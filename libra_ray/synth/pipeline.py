@@ -24,6 +24,7 @@ from libra_ray.config import join_uri
 from libra_ray.seeds import allocate, plan_seeds
 from libra_ray.storage import filesystem
 from libra_ray.synth import prompts as P
+from libra_ray.synth.card import render_card  # noqa: F401 - re-exported (the card's Markdown lives there)
 from libra_ray.synth.dedup import semantic_dedupe_rows
 from libra_ray.synth.gate_judge import GateJudge, gate_judge_rows
 from libra_ray.synth.prices import teacher_prices
@@ -325,12 +326,14 @@ def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url
         "prompt_version": P.PROMPT_VERSION,
         # Dataset totals (tokens billed for every call, cached or not, malformed too) and what this run sent.
         "teacher": {"model": teacher.model, "endpoint": "embedded local server" if not teacher.base_url else _host(base_url),
+                    "description": _teacher_description(teacher),
                     "calls": sum(r["teacher_calls"] for r in rows), **tokens, "cost_usd": round(cost, 6),
                     "this_run": this_run},
         "seeds": {"compounds": {"legitimate": synth.num_legitimate, "illegitimate": synth.num_illegitimate},
                   "forms": list(synth.forms), "by_class": seeds_by_class, "seed": synth.seed,
                   "catalogue": synth.seeds_csv or "shipped (libra_ray/seeds/catalogue.csv)"},
         "phase2": {"n_prompt": synth.n_prompt, "n_chosen": synth.n_chosen, "n_rejected": synth.n_rejected},
+        "kept": _kept(rows, synth),
         "combination": synth.combination,
         "split": {"by": "compound", "test_fraction": synth.test_fraction, **counts},
         "quality": {"seed_errors": sum(bool(r["error"]) for r in rows),
@@ -344,6 +347,21 @@ def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url
                     "gate_judge": f"{synth.gate_judge.model} (actionable_v1)" if synth.gate_judge else None},
         "seconds": round(seconds, 1),
     }
+
+
+def _teacher_description(teacher) -> str | None:
+    """Says so when the teacher is the offline stand-in (None for a real teacher)."""
+    from libra_ray.synth.paraphraser import DESCRIPTION, OFFLINE_PARAPHRASER
+
+    return DESCRIPTION if teacher.model == OFFLINE_PARAPHRASER and not teacher.base_url else None
+
+
+def _kept(rows: list[dict], synth: "SynthConfig") -> dict:
+    """Per part: asked per seed, the most there could be (seed text + asked, over all seeds) and what was kept."""
+    asked = {"prompt": synth.n_prompt, "chosen": synth.n_chosen, "rejected": synth.n_rejected}
+    return {part: {"asked_per_seed": asked[part], "possible": len(rows) * (1 + asked[part]),
+                   "kept": sum(len(r[key]) for r in rows)}
+            for part, key in (("prompt", "prompts"), ("chosen", "chosens"), ("rejected", "rejecteds"))}
 
 
 def _host(url: str) -> str:
@@ -361,38 +379,6 @@ def write_card(dataset_dir: str, card: dict) -> None:
         f.write(json.dumps(card, indent=2).encode())
     with fs.open_output_stream(f"{base}/README.md") as f:
         f.write(render_card(card).encode())
-
-
-def render_card(card: dict) -> str:
-    split = card["split"]
-    lines = [f"# {card['name']}", "",
-             "Preference triplets (prompt, chosen, rejected) for chemistry safety alignment, LibraChem method: "
-             "illegitimate compounds -> chosen = refusal, rejected = compliance *in form only* (never actionable); "
-             "legitimate compounds -> chosen = helpful answer, rejected = refusal.", "",
-             f"- Prompt version: `{card['prompt_version']}`; teacher: `{card['teacher']['model']}` "
-             f"({card['teacher']['endpoint']})",
-             f"- Seeds: {card['seeds']['compounds']} compounds, forms {card['seeds']['forms']}, sampler seed "
-             f"{card['seeds']['seed']}; catalogue: {card['seeds']['catalogue']}",
-             f"- Phase 2: {card['phase2']} paraphrases (the seed text is kept as item #0); combination: "
-             f"`{card['combination']}` (paired = max(P,C,R) triplets per seed, product = P*C*R; the test split has "
-             "one row per unique prompt)",
-             f"- Split by compound (no compound in both), test fraction {split['test_fraction']}", "",
-             "| split | rows | unique prompts | compounds | by class | by form |", "|---|---|---|---|---|---|"]
-    for name in ("train", "test"):
-        s = split[name]
-        lines.append(f"| {name} | {s['rows']} | {s.get('unique_prompts', 0)} | {s.get('compounds', 0)} | "
-                     f"{s.get('by_class', {})} | {s.get('by_form', {})} |")
-    lines += ["", "By category: " + ", ".join(f"{name}: {split[name].get('by_category', {})}" for name in ("train", "test")),
-              "", "## Teacher usage", ""]
-    t = card["teacher"]
-    lines += [f"- Dataset total: {t['calls']} teacher calls, {t['prompt_tokens']} prompt + {t['completion_tokens']} "
-              f"completion tokens, estimated cost ${t['cost_usd']}",
-              "- This run: " + ", ".join(f"{k} {v}" for k, v in t["this_run"].items()), "", "## Quality gates", ""]
-    lines += [f"- {k}: {v}" for k, v in card["quality"].items()]
-    lines += ["", "Load with `datasets.load_dataset(\"parquet\", data_files={\"train\": \"train/*.parquet\", "
-                  "\"test\": \"test/*.parquet\"})`; columns `prompt`, `chosen`, `rejected` suit TRL's DPOTrainer "
-                  "(`libra_ray.synth.load_dpo_dataset(..., conversational=True)` gives the chat format).", ""]
-    return "\n".join(lines)
 
 
 def load_dpo_dataset(dataset_dir: str, split: str = "train", conversational: bool = False):
