@@ -123,7 +123,8 @@ def test_nonsense_teacher_still_yields_train_and_test(ray_local, tmp_path):
 def test_cluster_limiter_shares_one_budget_across_workers(ray_local):
     ray = ray_local
     endpoint = EndpointConfig(base_url="http://127.0.0.1:1/v1", requests_per_minute=1200)  # 20/s, burst 20
-    assert create_cluster_limiter(EndpointConfig(base_url="http://x/v1")) is None  # no budget, no actor
+    # No budget and not learning one: no actor.
+    assert create_cluster_limiter(EndpointConfig(base_url="http://x/v1", learn_rate_limit=False)) is None
     name = create_cluster_limiter(endpoint)
 
     @ray.remote(num_cpus=0)

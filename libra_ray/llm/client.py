@@ -304,15 +304,16 @@ class ChatClient:
         return _IOLoop.get().run(self._many(batch, validate, params))
 
     async def achat_many(self, batch: list[list[dict]], *, validate: Validator | list[Validator | None] | None = None,
-                         **params) -> list[ChatResult]:
+                         tally: ClientStats | None = None, **params) -> list[ChatResult]:
         """`chat_many` for async callers (any event loop): the requests run on the process's I/O loop,
-        the caller's loop stays free; concurrent calls share this client's in-flight limit."""
+        the caller's loop stays free; concurrent calls share this client's in-flight limit. `tally`, if
+        given, also receives this call's counters (`stats` sums all calls, concurrent ones included)."""
         if not batch:
             return []
-        return await _IOLoop.get().arun(self._many(batch, validate, params))
+        return await _IOLoop.get().arun(self._many(batch, validate, params, tally))
 
     async def _many(self, batch: list[list[dict]], validate: Validator | list[Validator | None] | None,
-                    params: dict) -> list[ChatResult]:
+                    params: dict, tally: ClientStats | None = None) -> list[ChatResult]:
         checks = validate if isinstance(validate, list) else [validate] * len(batch)
         if len(checks) != len(batch):
             raise ValueError(f"{len(checks)} validators for {len(batch)} requests")
@@ -321,7 +322,7 @@ class ChatClient:
 
         async def one(messages: list[dict], check: Validator | None) -> ChatResult:
             async with sem:
-                return await self._achat(session, messages, check, params)
+                return await self._achat(session, messages, check, params, tally)
 
         self._busy(+1)
         try:
@@ -392,8 +393,13 @@ class ChatClient:
         if observe is not None:
             observe(resp.status == 429, parse_rate_limit_headers(resp.headers))
 
+    def _count(self, tally: ClientStats | None, **deltas: int) -> None:
+        self.stats.add(**deltas)
+        if tally is not None:
+            tally.add(**deltas)
+
     async def _achat(self, session: "aiohttp.ClientSession", messages: list[dict], validate: Validator | None,
-                     params: dict) -> ChatResult:
+                     params: dict, tally: ClientStats | None = None) -> ChatResult:
         import aiohttp
 
         model, params = self._body(messages, params)
@@ -405,12 +411,12 @@ class ChatClient:
                 passes = bool(text) and (validate is None or validate(text) is None)
                 if entry.get("invalid") and not passes:
                     # A paid answer that stayed malformed after retries: reported again, not paid again.
-                    self.stats.add(calls=1, cache_hits=1, errors=1)
+                    self._count(tally, calls=1, cache_hits=1, errors=1)
                     return ChatResult(text=None, reasoning=None, prompt_tokens=entry.get("prompt_tokens", 0),
                                       completion_tokens=entry.get("completion_tokens", 0), cached=True,
                                       error=f"malformed output: {entry['invalid']}", raw=None)
                 if passes:
-                    self.stats.add(calls=1, cache_hits=1)
+                    self._count(tally, calls=1, cache_hits=1)
                     return ChatResult(text=text, reasoning=entry.get("reasoning"),
                                       prompt_tokens=entry.get("prompt_tokens", 0),
                                       completion_tokens=entry.get("completion_tokens", 0),
@@ -425,56 +431,56 @@ class ChatClient:
         while True:
             estimate = await self._wait_budget(messages, params.get("max_tokens", self.endpoint.max_tokens))
             wait: float | None = None
-            self.stats.add(requests=1)
+            self._count(tally, requests=1)
             try:
                 resp = await self._post(session, url, body)
             except asyncio.TimeoutError:  # aiohttp's timeouts are asyncio.TimeoutError subclasses
                 error, retryable = f"timeout after {self.endpoint.timeout_s:g} s", True
-                self.stats.add(timeouts=1)
+                self._count(tally, timeouts=1)
             except aiohttp.ClientError as err:
                 error, retryable = f"connection error: {type(err).__name__}", True
-                self.stats.add(timeouts=1)
+                self._count(tally, timeouts=1)
             else:
                 if self.limiter is not None:
                     self._observe(resp)
                 if resp.status == 200:
-                    result, problem, text, usage = self._parse(resp, validate)
+                    result, problem, text, usage = self._parse(resp, validate, tally)
                     spent = [spent[0] + usage[0], spent[1] + usage[1]]
                     self._settle(estimate, sum(usage))
                     if result is not None:
                         result.prompt_tokens, result.completion_tokens = spent
-                        self.stats.add(calls=1)
+                        self._count(tally, calls=1)
                         if self.cache is not None:
                             self.cache.put(key, {"text": result.text, "reasoning": result.reasoning,
                                                  "prompt_tokens": result.prompt_tokens,
                                                  "completion_tokens": result.completion_tokens, "raw": result.raw})
                         return result
-                    self.stats.add(malformed=1)
+                    self._count(tally, malformed=1)
                     malformed += 1
                     error = f"malformed output: {problem}"
                     if malformed > self.endpoint.max_malformed_retries:
                         if self.cache is not None:  # remember the paid, unusable answer: a re-run won't re-ask
                             self.cache.put(key, {"text": text or "", "invalid": problem, "raw": None,
                                                  "prompt_tokens": spent[0], "completion_tokens": spent[1]})
-                        return self._fail(error, spent)
-                    self.stats.add(retries=1)
+                        return self._fail(error, spent, tally)
+                    self._count(tally, retries=1)
                     continue
                 error = f"HTTP {resp.status}: {_short(resp.text)}"
                 retryable = resp.status in _RETRY_STATUSES
                 if resp.status == 429:
-                    self.stats.add(rate_limited=1)
+                    self._count(tally, rate_limited=1)
                     wait = parse_retry_after(resp.headers.get("retry-after"))
                 elif retryable:
-                    self.stats.add(server_errors=1)
+                    self._count(tally, server_errors=1)
             if not retryable or failures >= self.endpoint.max_retries:
-                return self._fail(error, spent)
+                return self._fail(error, spent, tally)
             # The server's Retry-After wins over our backoff (capped at 10 min against a broken header).
             delay = self._backoff(failures) if wait is None else min(wait, 600.0) + random.uniform(0, 0.05)
             failures += 1
-            self.stats.add(retries=1)
+            self._count(tally, retries=1)
             await asyncio.sleep(delay)
 
-    def _parse(self, resp: _Response, validate: Validator | None
+    def _parse(self, resp: _Response, validate: Validator | None, tally: ClientStats | None = None
                ) -> tuple[ChatResult | None, str, str | None, tuple[int, int]]:
         """(result, "", text, usage) for a usable answer, else (None, problem, text-if-any, usage);
         usage = (prompt, completion) tokens the server billed for this answer."""
@@ -487,7 +493,7 @@ class ChatClient:
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         raw_usage = data.get("usage") or {}
         usage = (int(raw_usage.get("prompt_tokens") or 0), int(raw_usage.get("completion_tokens") or 0))
-        self.stats.add(prompt_tokens=usage[0], completion_tokens=usage[1])
+        self._count(tally, prompt_tokens=usage[0], completion_tokens=usage[1])
         if not isinstance(text, str) or not text.strip():
             return None, "empty content", None, usage
         if validate is not None:
@@ -502,8 +508,8 @@ class ChatClient:
         if self.limiter is not None and estimate and actual:
             self.limiter.settle(actual - estimate)
 
-    def _fail(self, error: str, spent: list[int]) -> ChatResult:
-        self.stats.add(calls=1, errors=1)
+    def _fail(self, error: str, spent: list[int], tally: ClientStats | None = None) -> ChatResult:
+        self._count(tally, calls=1, errors=1)
         return ChatResult(text=None, reasoning=None, prompt_tokens=spent[0], completion_tokens=spent[1], cached=False,
                           error=error, raw=None)
 

@@ -399,7 +399,7 @@ def limiter_name(endpoint: "EndpointConfig", base_url: str | None = None) -> str
 
 
 # Driver-side handles of the budget actors (see create_cluster_limiter).
-_BUDGET_ACTORS: dict[str, object] = {}
+_BUDGET_ACTORS: dict[tuple[str, str], object] = {}
 
 
 def create_cluster_limiter(endpoint: "EndpointConfig", base_url: str | None = None) -> str | None:
@@ -413,7 +413,12 @@ def create_cluster_limiter(endpoint: "EndpointConfig", base_url: str | None = No
 
     name = limiter_name(endpoint, base_url)
     args = (endpoint.requests_per_minute, endpoint.tokens_per_minute, CLUSTER_BURST_S, adaptive)
-    actor = ray.remote(num_cpus=0)(TokenBucket).options(name=name, get_if_exists=True).remote(*args)
+    # Keep the creating handle for the driver's life: a (non-detached) named actor dies with its
+    # owner's handle, so a second run must reuse it rather than replace it with a looked-up one.
+    key = (name, ray.get_runtime_context().get_node_id())  # a handle from an earlier cluster is useless
+    actor = _BUDGET_ACTORS.get(key)
+    if actor is None:
+        actor = ray.remote(num_cpus=0)(TokenBucket).options(name=name, get_if_exists=True).remote(*args)
+        _BUDGET_ACTORS[key] = actor
     ray.get(actor.configure.remote(*args))
-    _BUDGET_ACTORS[name] = actor  # a named actor dies with its last handle: keep one for the driver's life
     return name

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -120,7 +121,12 @@ def dedupe(items: list[str], jaccard: float | None = None) -> tuple[list[str], i
 
 
 class TeacherStage:
-    """Ray Data actor: holds one ChatClient and turns seed rows into paraphrase lists (phase 2)."""
+    """Ray Data actor: holds one ChatClient and turns seed rows into paraphrase lists (phase 2).
+
+    An async callable class: Ray Data runs several batches per actor at once (`max_concurrency`, see
+    `teacher_map_kwargs`), all sharing the client's in-flight limit (`teacher.max_concurrency`), so
+    the next batch's requests are queued while the last ones of the previous batch are out: no idle
+    gap between batches, and the per-actor concurrency is not capped by one batch's size."""
 
     def __init__(self, synth_json: dict, base_url: str, cache_dir: str, limiter_name: str | None,
                  chemical_names: list[str]):
@@ -133,13 +139,17 @@ class TeacherStage:
         self.client = ChatClient(self.synth.teacher, base_url=base_url, cache_dir=cache_dir, limiter=limiter)
         self.chemical_names = frozenset(chemical_names)
 
-    def __call__(self, batch):
+    async def __call__(self, batch):
+        from libra_ray.llm.client import ClientStats
+
         rows = batch.to_pylist()
         calls = [(i, part, msgs, check) for i, row in enumerate(rows)
                  for part, msgs, check in teacher_requests(row, self.synth)]
-        before = self.client.stats.as_dict()
-        results = self.client.chat_many([c[2] for c in calls], validate=[c[3] for c in calls])
-        after = self.client.stats.as_dict()
+        tally = ClientStats()  # this batch's counters (other batches run concurrently on the same client)
+        results = await self.client.achat_many([c[2] for c in calls], validate=[c[3] for c in calls], tally=tally)
+        yield self._rows(rows, calls, results, tally.as_dict())
+
+    def _rows(self, rows: list[dict], calls: list, results: list, counters: dict):
         out = [dict(row, prompts=[row["seed_prompt"]], chosens=[row["seed_chosen"]], rejecteds=[row["seed_rejected"]],
                     error="", malformed_parts=0, safety_dropped=0, duplicates_removed=0, teacher_calls=0,
                     prompt_tokens=0, completion_tokens=0)
@@ -166,10 +176,23 @@ class TeacherStage:
         # Client counters for this batch ride on its first row (sums stay exact).
         for key in CLIENT_COUNTERS:
             for j, row in enumerate(out):
-                row[f"client_{key}"] = after[key] - before[key] if j == 0 else 0
+                row[f"client_{key}"] = counters[key] if j == 0 else 0
         import pyarrow as pa
 
         return pa.Table.from_pylist(out)
+
+
+def teacher_map_kwargs(synth: "SynthConfig") -> dict:
+    """`map_batches` arguments that keep each TeacherStage actor's client full: enough concurrent
+    batches per actor (the actor's Ray `max_concurrency`) to cover twice its in-flight limit (3
+    requests per seed row), and Ray Data submitting twice that many tasks to it (as ray.data.llm's
+    engine stages do)."""
+    import ray
+
+    batches = max(2, min(64, math.ceil(2 * synth.teacher.max_concurrency / (3 * synth.batch_size))))
+    return dict(batch_size=synth.batch_size, batch_format="pyarrow", num_cpus=synth.worker_num_cpus,
+                compute=ray.data.ActorPoolStrategy(size=synth.concurrency, max_concurrent_calls_per_actor=batches,
+                                                   max_tasks_in_flight_per_actor=2 * batches))
 
 
 # ---- phase 3 ----------------------------------------------------------------------------------
@@ -204,10 +227,11 @@ def build_dataset(cfg: "PipelineConfig", base_url: str, *, progress: bool = True
     limiter_name = create_cluster_limiter(synth.teacher, base_url)
     # Catalogue names count as reagents in the safety gate (short acronyms would match ordinary words).
     names = sorted({c.name.lower() for c in _load(synth.seeds_csv, check_smiles=False) if len(c.name) >= 4})
-    phase2 = ray.data.from_items(seeds, override_num_blocks=max(1, min(len(seeds) // synth.batch_size, 64))).map_batches(
-        TeacherStage, batch_size=synth.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=synth.concurrency),
-        num_cpus=synth.worker_num_cpus, fn_constructor_kwargs=dict(
+    # About one batch per block: Ray Data hands an actor whole blocks, so blocks of one batch let every
+    # actor's concurrent batches stay filled until the very end.
+    blocks = max(1, min(math.ceil(len(seeds) / synth.batch_size), 512))
+    phase2 = ray.data.from_items(seeds, override_num_blocks=blocks).map_batches(
+        TeacherStage, **teacher_map_kwargs(synth), fn_constructor_kwargs=dict(
             synth_json=synth.model_dump(mode="json"), base_url=base_url, cache_dir=cache_dir,
             limiter_name=limiter_name, chemical_names=names))
 
