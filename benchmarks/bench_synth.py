@@ -235,6 +235,8 @@ class CPUSampler:
         self.seconds: dict[str, float] = {}
         for pid, used in self._last.items():
             group = self._groups.get(pid)
+            if group is None:
+                continue
             self.seconds[group] = self.seconds.get(group, 0.0) + used - self._first.get(pid, 0.0)
 
 
@@ -325,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 64, 256])
     parser.add_argument("--skip-rate-limit", action="store_true", help="fan-out tables only")
     parser.add_argument("--only-rate-limit", action="store_true", help="rate-limit table only")
+    parser.add_argument("--rate-cases", type=int, nargs="+", default=None,
+                        help="run only these rate-limit cases (0 budget = limit, 1 2x limit, 2 none, 3 none, no learning)")
     args = parser.parse_args(argv)
     waves = 2 if args.quick else 5
     rpm = 1200 if args.quick else 3000
@@ -370,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         per_s = rpm / 60
         cases = [("budget = limit", rpm, True), ("budget = 2x limit (learns)", 2 * rpm, True),
                  ("no budget (discovers)", None, True), ("no budget, learning off", None, False)]
+        if args.rate_cases is not None:
+            cases = [cases[i] for i in args.rate_cases]
         for label, budget, learn in ([] if args.skip_rate_limit else cases):
             with RemoteServer(latency_s=LATENCY, rpm=rpm, retry_after_s=1.0) as server:
                 res = bench_synth_stage(server, 64, 1, tmp, f"rate{len(results['rate_limit'])}", rpm=budget,

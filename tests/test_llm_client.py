@@ -215,7 +215,7 @@ def test_bucket_grants_within_a_horizon_and_applies_learned_limits():
     granted = [bucket.grant(1, 0) for _ in range(40)]
     ok = [g for g in granted if g[0]]
     # Burst 20 now, then at most GRANT_HORIZON_S of budget ahead (10 at 40/s); the rest must ask again.
-    assert len(ok) == 20 + int(40 * GRANT_HORIZON_S) and all(d <= GRANT_HORIZON_S + 1e-9 for _, d, _ in ok)
+    assert len(ok) == 20 + int(40 * GRANT_HORIZON_S) and all(d <= GRANT_HORIZON_S + 1e-9 for _, d, _, _ in ok)
     refused = granted[-1]
     assert not refused[0] and refused[1] > 0 and not refused[2]
     # The provider says 1200 rpm with nothing left: the budget drops to 20/s and to its remaining.

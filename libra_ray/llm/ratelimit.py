@@ -219,10 +219,10 @@ class TokenBucket:
         return self._take(requests, tokens + settle_tokens)
 
     def grant(self, requests: int, tokens: int, settle_tokens: int = 0, feedback: dict | None = None
-              ) -> tuple[bool, float, bool]:
+              ) -> tuple[bool, float, bool, int]:
         """Like `reserve`, but refuses budget more than `GRANT_HORIZON_S` ahead: (granted, delay,
-        unlimited). Not granted: nothing was taken, ask again after `delay` seconds. `feedback` is what
-        a worker saw since its last call (see `feedback`)."""
+        unlimited, chunk size for the next call). Not granted: nothing was taken, ask again after
+        `delay` seconds. `feedback` is what a worker saw since its last call (see `feedback`)."""
         if feedback:
             self.feedback(**feedback)
         self._refill()
@@ -234,8 +234,8 @@ class TokenBucket:
             if self.rates[i] != _INF:
                 wait = max(wait, (amount - self.levels[i]) / self.rates[i] - GRANT_HORIZON_S)
         if wait > 0:
-            return False, wait, unlimited
-        return True, self._take(requests, tokens), unlimited
+            return False, wait, unlimited, self.chunk_size()
+        return True, self._take(requests, tokens), unlimited, self.chunk_size()
 
     def feedback(self, rate_limited: int = 0, limits: dict | None = None) -> None:
         """What callers saw from the provider: `rate_limited` 429s, and its `x-ratelimit-*` headers
@@ -319,16 +319,25 @@ class ClusterLimiter:
         import ray
 
         with self._lock:
-            if self._left_requests < requests or self._left_tokens < tokens:
+            if self._left_requests < requests:
                 chunk_r = max(requests, self._chunk)
-                chunk_t = max(tokens, tokens * chunk_r)
+                chunk_t = tokens * chunk_r
                 settle, self._pending_settle = self._pending_settle, 0
                 delay = ray.get(self._actor.reserve.remote(chunk_r, chunk_t, settle))
                 self._ready_at = time.monotonic() + delay
-                self._left_requests, self._left_tokens = chunk_r, chunk_t
-            self._left_requests -= requests
-            self._left_tokens -= tokens
+                self._left_requests += chunk_r
+                self._left_tokens += chunk_t
+            self._take_local(requests, tokens)
             return max(0.0, self._ready_at - time.monotonic())
+
+    def _take_local(self, requests: int, tokens: int) -> None:
+        """Use `requests` of the current chunk; tokens beyond the chunk's share are charged to the
+        next actor call (a chunk is never abandoned for a larger token estimate: no grant is wasted)."""
+        self._left_requests -= requests
+        self._left_tokens -= tokens
+        if self._left_tokens < 0:
+            self._pending_settle += -self._left_tokens
+            self._left_tokens = 0
 
     async def acquire(self, requests: int, tokens: int) -> None:
         """Wait until this worker may send `requests` using `tokens` (the client's event loop)."""
@@ -338,33 +347,31 @@ class ClusterLimiter:
             now = time.monotonic()
             if self._unlimited and not self._has_feedback() and now < self._next_refresh:
                 return
-            if not self._unlimited and self._left_requests >= requests and self._left_tokens >= tokens:
-                self._left_requests -= requests
-                self._left_tokens -= tokens
+            if not self._unlimited and self._left_requests >= requests:
+                self._take_local(requests, tokens)
                 if self._ready_at > now:
                     await asyncio.sleep(self._ready_at - now)
                 return
             async with self._alock:  # one actor call in flight per worker; the others wait for its chunk
-                if self._left_requests >= requests and self._left_tokens >= tokens and not self._unlimited:
+                if self._left_requests >= requests and not self._unlimited:
                     continue
                 if self._unlimited and not self._has_feedback() and time.monotonic() < self._next_refresh:
                     continue
                 chunk_r = max(requests, self._chunk)
-                chunk_t = max(tokens, tokens * chunk_r)
+                chunk_t = tokens * chunk_r
                 feedback = self._take_feedback()
                 settle, self._pending_settle = self._pending_settle, 0
-                granted, delay, unlimited = await self._actor.grant.remote(chunk_r, chunk_t, settle, feedback)
+                granted, delay, unlimited, self._chunk = await self._actor.grant.remote(chunk_r, chunk_t, settle, feedback)
                 self._unlimited = unlimited
                 self._next_refresh = time.monotonic() + self.REFRESH_S
                 if unlimited:
                     self._left_requests = self._left_tokens = 0
                 elif granted:
                     self._ready_at = time.monotonic() + delay
-                    self._left_requests, self._left_tokens = chunk_r, chunk_t
+                    self._left_requests += chunk_r
+                    self._left_tokens += chunk_t
                 else:
                     await asyncio.sleep(delay)
-                    if self._chunk > 1:  # the budget is tight: refresh the chunk size now and then
-                        self._chunk = await self._actor.chunk_size.remote()
 
     def settle(self, tokens: int) -> None:
         with self._lock:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import re
 import time
@@ -123,10 +122,10 @@ def dedupe(items: list[str], jaccard: float | None = None) -> tuple[list[str], i
 class TeacherStage:
     """Ray Data actor: holds one ChatClient and turns seed rows into paraphrase lists (phase 2).
 
-    An async callable class: Ray Data runs several batches per actor at once (`max_concurrency`, see
-    `teacher_map_kwargs`), all sharing the client's in-flight limit (`teacher.max_concurrency`), so
-    the next batch's requests are queued while the last ones of the previous batch are out: no idle
-    gap between batches, and the per-actor concurrency is not capped by one batch's size."""
+    An async callable class (`libra_ray.llm.stage`): Ray Data runs several batches per actor at once,
+    all sharing the client's in-flight limit (`teacher.max_concurrency`), so the next batch's requests
+    are queued while the last ones of the previous batch are out: no idle gap between batches, and the
+    per-actor concurrency is not capped by one batch's size."""
 
     def __init__(self, synth_json: dict, base_url: str, cache_dir: str, limiter_name: str | None,
                  chemical_names: list[str]):
@@ -183,16 +182,12 @@ class TeacherStage:
 
 
 def teacher_map_kwargs(synth: "SynthConfig") -> dict:
-    """`map_batches` arguments that keep each TeacherStage actor's client full: enough concurrent
-    batches per actor (the actor's Ray `max_concurrency`) to cover twice its in-flight limit (3
-    requests per seed row), and Ray Data submitting twice that many tasks to it (as ray.data.llm's
-    engine stages do)."""
-    import ray
+    """`map_batches` arguments that keep each TeacherStage actor's client full (3 requests per seed row;
+    see `libra_ray.llm.stage.actor_pool_map_kwargs`)."""
+    from libra_ray.llm.stage import actor_pool_map_kwargs
 
-    batches = max(2, min(64, math.ceil(2 * synth.teacher.max_concurrency / (3 * synth.batch_size))))
-    return dict(batch_size=synth.batch_size, batch_format="pyarrow", num_cpus=synth.worker_num_cpus,
-                compute=ray.data.ActorPoolStrategy(size=synth.concurrency, max_concurrent_calls_per_actor=batches,
-                                                   max_tasks_in_flight_per_actor=2 * batches))
+    return actor_pool_map_kwargs(synth.concurrency, synth.batch_size, synth.teacher.max_concurrency, 3,
+                                 synth.worker_num_cpus)
 
 
 # ---- phase 3 ----------------------------------------------------------------------------------
@@ -217,6 +212,7 @@ def build_dataset(cfg: "PipelineConfig", base_url: str, *, progress: bool = True
     import ray
 
     from libra_ray.llm.ratelimit import create_cluster_limiter
+    from libra_ray.llm.stage import blocks_for
     from libra_ray.seeds import load_catalogue as _load
 
     synth = cfg.synth
@@ -227,10 +223,7 @@ def build_dataset(cfg: "PipelineConfig", base_url: str, *, progress: bool = True
     limiter_name = create_cluster_limiter(synth.teacher, base_url)
     # Catalogue names count as reagents in the safety gate (short acronyms would match ordinary words).
     names = sorted({c.name.lower() for c in _load(synth.seeds_csv, check_smiles=False) if len(c.name) >= 4})
-    # About one batch per block: Ray Data hands an actor whole blocks, so blocks of one batch let every
-    # actor's concurrent batches stay filled until the very end.
-    blocks = max(1, min(math.ceil(len(seeds) / synth.batch_size), 512))
-    phase2 = ray.data.from_items(seeds, override_num_blocks=blocks).map_batches(
+    phase2 = ray.data.from_items(seeds, override_num_blocks=blocks_for(len(seeds), synth.batch_size)).map_batches(
         TeacherStage, **teacher_map_kwargs(synth), fn_constructor_kwargs=dict(
             synth_json=synth.model_dump(mode="json"), base_url=base_url, cache_dir=cache_dir,
             limiter_name=limiter_name, chemical_names=names))
