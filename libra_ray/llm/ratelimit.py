@@ -210,6 +210,8 @@ class TokenBucket:
         if requests:
             self.schedule.append((self.stamp + delay, requests))
             self._recent.append((self.stamp + delay, requests))
+            while self._recent[0][0] < self.stamp - 2.0:  # only the last 2 s matter (_granted_rate)
+                self._recent.popleft()
         return delay
 
     def reserve(self, requests: int, tokens: int, settle_tokens: int = 0) -> float:
