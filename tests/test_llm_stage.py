@@ -10,11 +10,11 @@ from libra_ray.llm.testserver import TestOpenAIServer
 
 
 def test_judge_on_ray_data_keeps_order_retries_and_counts(ray_local, tmp_path):
-    def judge(messages, params):  # "Yes" for texts that mention a route, a garbled reply for "weird"
+    def judge(messages, params):  # "Yes" for texts with "alpha", a garbled reply for "weird"
         text = messages[-1]["content"]
-        return "maybe?" if "weird" in text and not params.get("seed") else ("Yes" if "route" in text else "No")
+        return "maybe?" if "weird" in text and not params.get("seed") else ("Yes" if "alpha" in text else "No")
 
-    texts = [f"text {i} {'route' if i % 3 == 0 else 'plain'}{' weird' if i == 4 else ''}" for i in range(30)]
+    texts = [f"text {i} {'alpha' if i % 3 == 0 else 'plain'}{' weird' if i == 4 else ''}" for i in range(30)]
     with TestOpenAIServer(responder=judge) as server:
         client = ChatClient(EndpointConfig(base_url=server.base_url, api_key_env=None, max_concurrency=8),
                             cache_dir=str(tmp_path / "cache"))
@@ -26,7 +26,7 @@ def test_judge_on_ray_data_keeps_order_retries_and_counts(ray_local, tmp_path):
     stats = client.stats.as_dict()
     # The actors' counters came back to the driver's client; throughput for the report.
     assert stats["requests"] == 31 and stats["calls"] == 31 and stats["judged_rows"] == 30
-    assert stats["judged_rows_per_s"] > 0
+    assert stats["judged_rows_per_s"] > 0 and stats["busy_s"] == 0  # the driver's client sent nothing itself
 
 
 def test_small_batches_stay_on_the_driver(ray_local):
