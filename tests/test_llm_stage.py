@@ -19,7 +19,7 @@ def test_judge_on_ray_data_keeps_order_retries_and_counts(ray_local, tmp_path):
         client = ChatClient(EndpointConfig(base_url=server.base_url, api_key_env=None, max_concurrency=8),
                             cache_dir=str(tmp_path / "cache"))
         verdicts = judge_texts(client, get_judge_prompt("synthesis_route_v1"), texts, max_attempts=2,
-                               retry_params=lambda k: {"seed": k}, ray_data_min_rows=10)
+                               retry_params=lambda k: {"seed": k}, ray_data_min_rows=1)
         sent = server.request_count
     assert [v.label for v in verdicts] == ["yes" if i % 3 == 0 else "no" for i in range(30)]
     assert verdicts[4].attempts == 2 and sent == 31  # the unparseable one was asked again (on Ray Data too)
