@@ -5,12 +5,19 @@
 
 Against the local test server with a fixed 200 ms latency, the ideal is in_flight / 0.2 requests/s.
 Side by side at 1, 8, 64, 256 requests in flight:
-- `ChatClient.chat_many` in one process (the client alone),
-- the synth stage on Ray Data (2 `TeacherStage` actors, 3 requests per seed row; rows/s too),
+- `ChatClient.chat_many` in one process (the client alone; client CPU per request),
+- `openai.AsyncOpenAI` and a raw `aiohttp.ClientSession` in the same process (asyncio.gather under a
+  semaphore, no retries/cache: the references),
+- the synth stage on Ray Data (2 `TeacherStage` actors, 3 requests per seed row; rows/s too), with a
+  CPU profile per request: server process, teacher actors (client + Ray Data inside them), other Ray
+  processes (raylet, GCS, budget actor...) and the driver, sampled with psutil,
 - Ray's `ray.data.llm` `HttpRequestProcessorConfig` (2 actors, same batch sizes),
 - a plain sequential `openai` loop (1 in flight).
-Then with a server-side limit of `rpm` requests/minute: the synth stage with the same cluster-wide budget
-(named Ray actor) vs no budget: achieved rate / budget and the number of 429s.
+Then with a server-side limit of `rpm` requests/minute (the server sends `x-ratelimit-*` headers): the
+synth stage with a cluster-wide budget equal to the limit, configured at 2x the limit (it must learn the
+real one), no budget (discovered), and no budget with learning off. The fraction of the limit is measured
+on the server's timestamps of accepted requests over the steady part of the run (the first and last
+`STEADY_TRIM_S` seconds of accepted requests dropped).
 Writes benchmarks/results/synth.json and prints Markdown tables.
 """
 
@@ -30,6 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LATENCY = 0.2
+STEADY_TRIM_S = 2.0
 RESULTS = Path(__file__).resolve().parent / "results" / "synth.json"
 RESPONDER = "libra_ray.synth.testing:scripted_teacher"
 
@@ -58,9 +66,10 @@ class RemoteServer:
         return self
 
     def stats(self) -> dict:
-        import httpx
+        import urllib.request
 
-        return httpx.get(self.base_url.removesuffix("/v1") + "/_stats", timeout=30).json()
+        with urllib.request.urlopen(self.base_url.removesuffix("/v1") + "/_stats", timeout=30) as resp:
+            return json.loads(resp.read())
 
     def __exit__(self, *exc) -> None:
         self.proc.terminate()
@@ -77,49 +86,203 @@ def _window(times: list[float], fallback: float) -> float:
     return (max(times) - min(times) + LATENCY) if len(times) > 1 else fallback
 
 
+def _messages(tag: str, n: int) -> list[list[dict]]:
+    return [[{"role": "user", "content": f"bench {tag} {i} {time.time_ns()}"}] for i in range(n)]
+
+
+def _measure(server, n: int, run) -> dict:
+    """Run `run()` (sends n requests, returns failures); rate from the server's first to last request,
+    and this process's CPU per request."""
+    before = server.stats()
+    start, cpu = time.perf_counter(), time.process_time()
+    errors = run()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    _, times = _delta(before, server.stats())
+    window = _window(times, elapsed)
+    return {"requests": n, "seconds": elapsed, "fanout_seconds": window, "req_s": n / window,
+            "cpu_ms_per_request": 1000 * cpu / n, "errors": errors}
+
+
 def bench_client(server, in_flight: int, waves: int) -> dict:
     from libra_ray.llm.client import ChatClient
     from libra_ray.llm.config import EndpointConfig
 
     client = ChatClient(EndpointConfig(base_url=server.base_url, max_concurrency=in_flight, api_key_env=None))
     n = max(in_flight * waves, 10)
-    batch = [[{"role": "user", "content": f"bench client {in_flight} {i} {time.time_ns()}"}] for i in range(n)]
-    before = server.stats()
-    start = time.perf_counter()
-    results = client.chat_many(batch)
-    elapsed = time.perf_counter() - start
-    _, times = _delta(before, server.stats())
-    window = _window(times, elapsed)
-    return {"requests": n, "seconds": elapsed, "fanout_seconds": window, "req_s": n / window,
-            "errors": sum(not r.ok for r in results)}
+    batch = _messages(f"client {in_flight}", n)
+    return _measure(server, n, lambda: sum(not r.ok for r in client.chat_many(batch)))
 
 
-def bench_synth_stage(server, in_flight: int, waves: int, tmp: str, tag: str, rpm: int | None = None) -> dict:
+async def _gather(in_flight: int, batch: list, send) -> int:
+    """Send every message list with `send`, `in_flight` at a time; the number of failures."""
+    import asyncio
+
+    sem = asyncio.Semaphore(in_flight)
+
+    async def one(messages) -> bool:
+        async with sem:
+            try:
+                await send(messages)
+                return False
+            except Exception:  # noqa: BLE001 - a reference loop: count, don't retry
+                return True
+
+    return sum(await asyncio.gather(*(one(m) for m in batch)))
+
+
+def bench_async_openai(server, in_flight: int, waves: int) -> dict:
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    n = max(in_flight * waves, 10)
+    batch = _messages(f"asyncopenai {in_flight}", n)
+
+    async def run() -> int:
+        async with AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0) as client:
+            return await _gather(in_flight, batch, lambda m: client.chat.completions.create(
+                model="tiny", messages=m, max_tokens=16))
+
+    return _measure(server, n, lambda: asyncio.run(run()))
+
+
+def bench_aiohttp_raw(server, in_flight: int, waves: int) -> dict:
+    import asyncio
+
+    n = max(in_flight * waves, 10)
+    batch = _messages(f"aiohttp {in_flight}", n)
+    url = f"{server.base_url}/chat/completions"
+
+    async def run() -> int:
+        import aiohttp
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            async def send(m):
+                async with session.post(url, json={"model": "tiny", "messages": m, "max_tokens": 16}) as resp:
+                    resp.raise_for_status()
+                    await resp.json()
+
+            return await _gather(in_flight, batch, send)
+
+    return _measure(server, n, lambda: asyncio.run(run()))
+
+
+class CPUSampler:
+    """CPU seconds per process group while a block runs, sampled every 0.2 s with psutil (Ray Data's
+    actors exit when the dataset is done: their last < 0.2 s may be missed). Groups: the test server,
+    the teacher actors (`MapWorker` processes: the client and Ray Data inside them), other Ray processes
+    (raylet, GCS, budget actor, idle workers) and this driver."""
+
+    def __init__(self, server_pid: int):
+        self.server_pid = server_pid
+
+    def _group(self, proc) -> str | None:
+        if proc.pid == self.server_pid:
+            return "server"
+        if proc.pid == os.getpid():
+            return "driver"
+        try:
+            cmd = " ".join(proc.cmdline())
+        except Exception:  # noqa: BLE001 - gone, or not ours to read
+            return None
+        if "MapWorker" in cmd:
+            return "teacher_actors"
+        if "raylet" in cmd or "gcs_server" in cmd or cmd.startswith("ray::") or "default_worker.py" in cmd:
+            return "ray_other"
+        return None
+
+    def _sample(self) -> None:
+        import psutil
+
+        for proc in psutil.process_iter():
+            pid = proc.pid
+            if pid not in self._groups or (self._groups[pid] == "ray_other" and pid not in self._renamed):
+                # Ray workers are renamed to ray::MapWorker... once they host an actor: look again.
+                group = self._group(proc)
+                if group == "teacher_actors":
+                    self._renamed.add(pid)
+                self._groups[pid] = group
+            if self._groups[pid] is None:
+                continue
+            try:
+                t = proc.cpu_times()
+            except Exception:  # noqa: BLE001 - exited between listing and reading
+                continue
+            used = t.user + t.system
+            self._first.setdefault(pid, used if not self._started else 0.0)
+            self._last[pid] = used
+
+    def __enter__(self) -> "CPUSampler":
+        import threading
+
+        self._groups, self._renamed, self._first, self._last, self._started = {}, set(), {}, {}, False
+        self._sample()
+        self._started = True
+        self._stop = threading.Event()
+
+        def loop():
+            while not self._stop.wait(0.2):
+                self._sample()
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.seconds: dict[str, float] = {}
+        for pid, used in self._last.items():
+            group = self._groups.get(pid)
+            if group is None:
+                continue
+            self.seconds[group] = self.seconds.get(group, 0.0) + used - self._first.get(pid, 0.0)
+
+
+def bench_synth_stage(server, in_flight: int, waves: int, tmp: str, tag: str, rpm: int | None = None,
+                      learn: bool = True, requests: int | None = None) -> dict:
     from libra_ray.config import load_config
     from libra_ray.synth.pipeline import build_dataset
 
     actors = 1 if in_flight == 1 else 2
     per_actor = max(1, in_flight // actors)
-    seeds_needed = max(4, math.ceil(in_flight * waves / 3))
+    seeds_needed = max(4, math.ceil((requests or in_flight * waves) / 3))
     compounds = max(1, math.ceil(seeds_needed / 2))  # 2 forms per compound
     overrides = [f"storage={tmp}", f"name={tag}", f"synth.teacher.base_url={server.base_url}",
                  f"synth.num_legitimate={compounds // 2 + compounds % 2}", f"synth.num_illegitimate={compounds // 2}",
                  "synth.n_prompt=1", "synth.n_chosen=1", "synth.n_rejected=1", f"synth.concurrency={actors}",
                  f"synth.batch_size={max(1, math.ceil(per_actor / 3))}", f"synth.teacher.max_concurrency={per_actor}",
-                 "synth.teacher.api_key_env=null", "synth.teacher.max_retries=20", f"synth.seed={time.time_ns() % 10**6}"]
+                 "synth.teacher.api_key_env=null", "synth.teacher.max_retries=20", f"synth.seed={time.time_ns() % 10**6}",
+                 f"synth.teacher.learn_rate_limit={str(learn).lower()}"]
     if rpm:
         overrides.append(f"synth.teacher.requests_per_minute={rpm}")
     cfg = load_config(None, overrides)
     before = server.stats()
     start = time.perf_counter()
-    summary = build_dataset(cfg, server.base_url, progress=False)
+    with CPUSampler(server.proc.pid) as cpu:
+        summary = build_dataset(cfg, server.base_url, progress=False)
     elapsed = time.perf_counter() - start
-    sent, times = _delta(before, server.stats())
+    after = server.stats()
+    sent, times = _delta(before, after)
+    ok_times = after["ok_times"][len(before["ok_times"]):]
     window = _window(times, elapsed)
     ok = sent.get("ok", 0)
-    return {"seeds": summary["seeds"], "requests": sum(sent.values()), "ok": ok, "rate_limited": sent.get("429", 0),
+    total = sum(sent.values())
+    return {"seeds": summary["seeds"], "requests": total, "ok": ok, "rate_limited": sent.get("429", 0),
             "seconds": elapsed, "fanout_seconds": window, "req_s": ok / window, "rows_s": summary["seeds"] / window,
-            "errors": summary["errors"]}
+            "errors": summary["errors"], "steady_ok_per_s": _steady_rate(ok_times),
+            "cpu_ms_per_request": {k: round(1000 * v / max(1, total), 3) for k, v in sorted(cpu.seconds.items())}}
+
+
+def _steady_rate(ok_times: list[float]) -> float | None:
+    """Accepted requests per second between the first and the last STEADY_TRIM_S seconds of them."""
+    if len(ok_times) < 2:
+        return None
+    lo, hi = min(ok_times) + STEADY_TRIM_S, max(ok_times) - STEADY_TRIM_S
+    if hi - lo < 1.0:
+        return None
+    return sum(1 for t in ok_times if lo <= t <= hi) / (hi - lo)
 
 
 def bench_ray_data_llm(server, in_flight: int, waves: int) -> dict:
@@ -162,10 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer waves and a shorter rate-limit run")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 64, 256])
+    parser.add_argument("--skip-rate-limit", action="store_true", help="fan-out tables only")
+    parser.add_argument("--only-rate-limit", action="store_true", help="rate-limit table only")
+    parser.add_argument("--rate-cases", type=int, nargs="+", default=None,
+                        help="run only these rate-limit cases (0 budget = limit, 1 2x limit, 2 none, 3 none, no learning)")
     args = parser.parse_args(argv)
     waves = 2 if args.quick else 5
     rpm = 1200 if args.quick else 3000
-    rate_seconds = 15 if args.quick else 40
+    rate_seconds = 20 if args.quick else 40
 
     import logging
 
@@ -181,34 +348,50 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"ray.init failed ({err}); retrying", flush=True)
             ray.shutdown()
-    results: dict = {"latency_s": LATENCY, "waves": waves, "quick": args.quick, "fanout": [], "rate_limit": []}
+    results: dict = {"latency_s": LATENCY, "waves": waves, "quick": args.quick, "fanout": [], "rate_limit": [],
+                     "load_before": os.getloadavg()}
     tmp = tempfile.mkdtemp(prefix="bench_synth_")
     try:
         with RemoteServer(latency_s=LATENCY) as server:
-            seq = bench_openai_sequential(server, 5 if args.quick else 20)
-            for level in args.levels:
+            if not args.only_rate_limit:
+                results["openai_sequential"] = bench_openai_sequential(server, 5 if args.quick else 20)
+                bench_client(server, 8, 1)  # warm this process's connection pool and imports
+            for level in ([] if args.only_rate_limit else args.levels):
                 ideal = level / LATENCY
-                row = {"in_flight": level, "ideal_req_s": ideal,
+                row = {"in_flight": level, "ideal_req_s": ideal, "load": os.getloadavg()[0],
                        "client": bench_client(server, level, waves),
+                       "aiohttp": bench_aiohttp_raw(server, level, waves),
+                       "async_openai": bench_async_openai(server, level, waves),
                        "synth_stage": bench_synth_stage(server, level, waves, tmp, f"fanout{level}"),
                        "ray_data_llm": bench_ray_data_llm(server, level, waves)}
                 results["fanout"].append(row)
-                print(f"in flight {level}: client {row['client']['req_s']:.1f} req/s, synth {row['synth_stage']['req_s']:.1f}, "
-                      f"ray.data.llm {row['ray_data_llm']['req_s']:.1f} (ideal {ideal:.0f})", flush=True)
-            results["openai_sequential"] = seq
-        # Rate limit: the server allows `rpm`; compare the synth stage with and without the same budget.
+                print(f"in flight {level}: client {row['client']['req_s']:.1f} req/s "
+                      f"({row['client']['cpu_ms_per_request']:.2f} ms CPU), aiohttp {row['aiohttp']['req_s']:.1f}, "
+                      f"AsyncOpenAI {row['async_openai']['req_s']:.1f}, synth {row['synth_stage']['req_s']:.1f} "
+                      f"{row['synth_stage']['cpu_ms_per_request']}, ray.data.llm {row['ray_data_llm']['req_s']:.1f} "
+                      f"(ideal {ideal:.0f})", flush=True)
+        # Rate limit: the server allows `rpm` (and says so in x-ratelimit-* headers).
         per_s = rpm / 60
-        for budget in (rpm, None):
+        cases = [("budget = limit", rpm, True), ("budget = 2x limit (learns)", 2 * rpm, True),
+                 ("no budget (discovers)", None, True), ("no budget, learning off", None, False)]
+        if args.rate_cases is not None:
+            cases = [cases[i] for i in args.rate_cases]
+        for label, budget, learn in ([] if args.skip_rate_limit else cases):
             with RemoteServer(latency_s=LATENCY, rpm=rpm, retry_after_s=1.0) as server:
-                res = bench_synth_stage(server, 64, max(1, int(per_s * rate_seconds / 64)), tmp,
-                                        f"rate{budget or 0}", rpm=budget)
-                res.update(budget_rpm=budget, server_rpm=rpm, ok_per_s=res["ok"] / res["fanout_seconds"],
-                           fraction_of_budget=res["ok"] / res["fanout_seconds"] / per_s)
+                res = bench_synth_stage(server, 64, 1, tmp, f"rate{len(results['rate_limit'])}", rpm=budget,
+                                        learn=learn, requests=int(per_s * rate_seconds))
+                steady = res["steady_ok_per_s"]
+                res.update(case=label, budget_rpm=budget, learn=learn, server_rpm=rpm, load=os.getloadavg()[0],
+                           ok_per_s=res["ok"] / res["fanout_seconds"],
+                           fraction_of_limit=res["ok"] / res["fanout_seconds"] / per_s,
+                           steady_fraction_of_limit=steady / per_s if steady else None,
+                           rate_limited_fraction=res["rate_limited"] / max(1, res["requests"]))
                 results["rate_limit"].append(res)
-                print(f"rate limit {rpm} rpm, client budget {budget}: {res['ok_per_s']:.1f} ok/s "
-                      f"({res['fraction_of_budget']:.2f} of budget), 429s {res['rate_limited']}", flush=True)
+                print(f"rate limit {rpm} rpm, {label}: steady {res['steady_fraction_of_limit']} of the limit, "
+                      f"429s {res['rate_limited']} of {res['requests']}", flush=True)
     finally:
         ray.shutdown()
+    results["load_after"] = os.getloadavg()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(render(results))
@@ -216,25 +399,50 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(results: dict) -> str:
-    lines = [f"\n### Synthesis fan-out vs ideal (server latency {results['latency_s'] * 1000:.0f} ms; "
-             "req/s measured at the server, first to last request)", "",
-             "| in flight | ideal req/s | ChatClient req/s (ratio) | synth stage req/s (ratio) | synth rows/s | "
-             "ray.data.llm req/s (ratio) |", "|---|---|---|---|---|---|"]
-    for r in results["fanout"]:
-        ideal = r["ideal_req_s"]
-        c, s, d = r["client"]["req_s"], r["synth_stage"]["req_s"], r["ray_data_llm"]["req_s"]
-        lines.append(f"| {r['in_flight']} | {ideal:.0f} | {c:.1f} ({c / ideal:.2f}) | {s:.1f} ({s / ideal:.2f}) | "
-                     f"{r['synth_stage']['rows_s']:.1f} | {d:.1f} ({d / ideal:.2f}) |")
+    lines: list[str] = []
+    load = ", ".join(f"{x:.2f}" for x in results.get("load_before", ())) or "?"
+    if results["fanout"]:
+        lines += [f"\n### Synthesis fan-out vs ideal (server latency {results['latency_s'] * 1000:.0f} ms; req/s "
+                  f"measured at the server, first to last request; load average before: {load})", "",
+                  "| in flight | ideal req/s | ChatClient req/s (ratio) | client CPU ms/req | raw aiohttp (ratio) | "
+                  "AsyncOpenAI (ratio) | AsyncOpenAI CPU ms/req | ChatClient vs AsyncOpenAI | synth stage req/s (ratio) | synth rows/s | "
+                  "ray.data.llm req/s (ratio) | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in results["fanout"]:
+            ideal = r["ideal_req_s"]
+            c, s, d = r["client"]["req_s"], r["synth_stage"]["req_s"], r["ray_data_llm"]["req_s"]
+            a, o = r["aiohttp"]["req_s"], r["async_openai"]["req_s"]
+            lines.append(f"| {r['in_flight']} | {ideal:.0f} | {c:.1f} ({c / ideal:.2f}) | "
+                         f"{r['client']['cpu_ms_per_request']:.2f} | {a:.1f} ({a / ideal:.2f}) | {o:.1f} ({o / ideal:.2f}) | "
+                         f"{r['async_openai']['cpu_ms_per_request']:.2f} | {c / o:.1f}x | {s:.1f} ({s / ideal:.2f}) | {r['synth_stage']['rows_s']:.1f} | "
+                         f"{d:.1f} ({d / ideal:.2f}) | {r['load']:.2f} |")
+        lines += ["", "Synth stage CPU (psutil) by process group over the whole `build_dataset` call, per request "
+                  "(ms; the teacher actors' start-up, about 2-3 CPU s each for imports, is included: in runs this "
+                  "short it dominates), and the run's wall time:", "",
+                  "| in flight | requests | server | teacher actors | other Ray | driver | total ms/req | total CPU s | "
+                  "wall s | fan-out window s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in results["fanout"]:
+            st = r["synth_stage"]
+            cpu = st["cpu_ms_per_request"]
+            total = sum(cpu.values())
+            lines.append(f"| {r['in_flight']} | {st['requests']} | {cpu.get('server', 0):.2f} | "
+                         f"{cpu.get('teacher_actors', 0):.2f} | {cpu.get('ray_other', 0):.2f} | {cpu.get('driver', 0):.2f} | "
+                         f"{total:.2f} | {total * st['requests'] / 1000:.1f} | {st['seconds']:.1f} | "
+                         f"{st['fanout_seconds']:.2f} |")
     seq = results.get("openai_sequential")
     if seq:
         lines.append(f"\nPlain sequential openai loop: {seq['req_s']:.2f} req/s (ideal {1 / results['latency_s']:.0f}, "
                      f"ratio {seq['req_s'] * results['latency_s']:.2f}).")
     if results["rate_limit"]:
-        lines += ["", "### Server rate limit: staying on budget", "",
-                  "| server rpm | client budget rpm | ok/s | fraction of budget | 429s | requests sent |", "|---|---|---|---|---|---|"]
+        lines += ["", f"### Server rate limit ({results['rate_limit'][0]['server_rpm']} rpm, with x-ratelimit-* headers): "
+                  f"fraction of the limit over the steady part (first and last {STEADY_TRIM_S:g} s of accepted "
+                  f"requests dropped; load average before: {load})", "",
+                  "| case | client budget rpm | steady fraction of limit | whole-run fraction | 429s | requests | "
+                  "429s / requests | load |", "|---|---|---|---|---|---|---|---|"]
         for r in results["rate_limit"]:
-            lines.append(f"| {r['server_rpm']} | {r['budget_rpm'] or 'none'} | {r['ok_per_s']:.1f} | "
-                         f"{r['fraction_of_budget']:.2f} | {r['rate_limited']} | {r['requests']} |")
+            steady = r["steady_fraction_of_limit"]
+            lines.append(f"| {r['case']} | {r['budget_rpm'] or 'none'} | "
+                         f"{f'{steady:.3f}' if steady is not None else 'n/a'} | {r['fraction_of_limit']:.2f} | "
+                         f"{r['rate_limited']} | {r['requests']} | {r['rate_limited_fraction']:.3f} | {r['load']:.2f} |")
     return "\n".join(lines)
 
 

@@ -147,3 +147,93 @@ def test_malformed_answers_are_cached_as_failures(tmp_path):
         assert res.prompt_tokens == first.stats.prompt_tokens  # ... and again from the cache, not paid again
         # A looser validator accepts the stored answer without a new call.
         assert again.chat(MSG, validate=lambda text: None).text == "not a list" and srv.request_count == 2
+
+
+# ---- the budget that learns the provider's limit (deterministic: fake clocks, no timing) ----------
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_rate_limit_headers_are_parsed():
+    from libra_ray.llm.ratelimit import parse_rate_limit_headers, parse_reset
+
+    assert parse_reset("6m0s") == 360 and parse_reset("20ms") == 0.02 and parse_reset("1.5s") == 1.5
+    assert parse_reset("1h2m3s") == 3723 and parse_reset("2") == 2 and parse_reset("soon") is None
+    info = parse_rate_limit_headers({"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "7",
+                                     "x-ratelimit-reset-requests": "250ms", "x-ratelimit-limit-tokens": "90000"})
+    assert info["limit_requests"] == 1200 and info["remaining_requests"] == 7 and info["reset_requests"] == 0.25
+    assert info["limit_tokens"] == 90000 and info["remaining_tokens"] is None
+    assert parse_rate_limit_headers({"content-type": "application/json"}) is None
+
+
+def test_adapter_takes_the_provider_limit_but_never_exceeds_the_configured_one():
+    from libra_ray.llm.ratelimit import RateAdapter
+
+    too_high = RateAdapter(2400, None)
+    assert too_high.on_limits(1200, None) and too_high.rates[0] == 20.0  # configured 2x: converges at once
+    assert not too_high.on_limits(1200, None)  # the same headers again change nothing
+    careful = RateAdapter(600, None)
+    assert not careful.on_limits(1200, None) and careful.rates[0] == 10.0  # the user's lower budget wins
+    missing = RateAdapter(None, None)
+    missing.on_limits(None, 60_000)
+    assert missing.rates == [float("inf"), 1000.0]  # a missing tokens budget, discovered from headers
+
+
+def test_adapter_cuts_on_429_once_per_cooldown_and_recovers_additively():
+    from libra_ray.llm.ratelimit import RateAdapter
+
+    a = RateAdapter(1200, None, decrease=0.5, increase=0.1, cooldown_s=1.0, now=0.0)  # 20/s
+    assert a.on_rate_limited(0.0, granted_rate=0.0) and a.rates[0] == 10.0
+    assert not a.on_rate_limited(0.5, granted_rate=0.0) and a.rates[0] == 10.0  # same burst: no second cut
+    a.advance(2.5)  # +0.1 x 20/s per second for 2.5 s
+    assert abs(a.rates[0] - 15.0) < 1e-9
+    a.advance(100.0)
+    assert a.rates[0] == 20.0  # never above the ceiling
+    assert a.rate_limited == 2
+
+
+def test_adapter_discovers_a_missing_budget_from_the_granted_rate():
+    from libra_ray.llm.ratelimit import RateAdapter
+
+    a = RateAdapter(None, None, decrease=0.7, now=0.0)
+    assert a.rates[0] == float("inf")
+    a.on_rate_limited(1.0, granted_rate=50.0)
+    assert abs(a.rates[0] - 35.0) < 1e-9
+    a.advance(2.0)  # no ceiling: probes upward from the rate before the cut
+    assert abs(a.rates[0] - (35.0 + 0.1 * 50.0 * 1.0)) < 1e-9
+
+
+def test_bucket_grants_within_a_horizon_and_applies_learned_limits():
+    from libra_ray.llm.ratelimit import GRANT_HORIZON_S, TokenBucket
+
+    clock = FakeClock()
+    bucket = TokenBucket(2400, None, burst_s=0.5, adaptive=True, clock=clock)  # 40/s configured, burst 20
+    granted = [bucket.grant(1, 0) for _ in range(40)]
+    ok = [g for g in granted if g[0]]
+    # Burst 20 now, then at most GRANT_HORIZON_S of budget ahead (10 at 40/s); the rest must ask again.
+    assert len(ok) == 20 + int(40 * GRANT_HORIZON_S) and all(d <= GRANT_HORIZON_S + 1e-9 for _, d, _, _ in ok)
+    refused = granted[-1]
+    assert not refused[0] and refused[1] > 0 and not refused[2]
+    # The provider says 1200 rpm with nothing left: the budget drops to 20/s and to its remaining.
+    bucket.feedback(limits={"limit_requests": 1200, "remaining_requests": 0})
+    assert bucket.rates[0] == 20.0 and bucket.levels[0] <= 0
+    clock.t += 10.0
+    assert bucket.grant(1, 0)[0]
+    assert bucket.stats()["adaptive"]["provider_limit_requests"] == 1200
+
+
+def test_client_reports_limits_and_429s_to_its_budget():
+    from libra_ray.llm.ratelimit import TokenBucket
+
+    with TestOpenAIServer(rpm=600) as srv:  # emits x-ratelimit-* headers
+        bucket = TokenBucket(requests_per_minute=1200, adaptive=True)  # configured at 2x the real limit
+        client = ChatClient(endpoint(), base_url=srv.base_url, limiter=bucket)
+        assert client.chat(MSG).ok
+        assert bucket.adapter.learned[0] == 600 and bucket.rates[0] == 10.0
+        srv.inject("429")
+        assert client.chat([{"role": "user", "content": "again"}]).ok
+    assert bucket.adapter.rate_limited == 1 and bucket.rates[0] < 10.0

@@ -169,7 +169,8 @@ def test_nonsense_teacher_still_yields_train_and_test(ray_local, tmp_path):
 def test_cluster_limiter_shares_one_budget_across_workers(ray_local):
     ray = ray_local
     endpoint = EndpointConfig(base_url="http://127.0.0.1:1/v1", requests_per_minute=1200)  # 20/s, burst 20
-    assert create_cluster_limiter(EndpointConfig(base_url="http://x/v1")) is None  # no budget, no actor
+    # No budget and not learning one: no actor.
+    assert create_cluster_limiter(EndpointConfig(base_url="http://x/v1", learn_rate_limit=False)) is None
     name = create_cluster_limiter(endpoint)
 
     @ray.remote(num_cpus=0)
@@ -189,6 +190,25 @@ def test_cluster_limiter_shares_one_budget_across_workers(ray_local):
             assert granted <= 20 + 20 * (schedule[j][0] - schedule[i][0]) + 1e-6, (i, j)
     assert schedule[-1][0] - schedule[0][0] >= (80 - 20 - 2) / 20 - 1e-6  # so 80 requests took >= ~2.9 s
     assert stats["granted_requests"] >= 80
+
+
+def test_cluster_limiter_wastes_no_grant_and_reports_what_it_saw(ray_local):
+    import asyncio
+
+    ray = ray_local
+    name = create_cluster_limiter(EndpointConfig(base_url="http://127.0.0.1:2/v1", requests_per_minute=6000))
+    limiter = ClusterLimiter.by_name(name)
+
+    async def main():
+        for i in range(40):
+            await limiter.acquire(1, 100 + i)  # growing token estimates must not abandon a chunk
+        limiter.observe(False, {"limit_requests": 3000, "remaining_requests": 5})
+        await limiter.acquire(1, 10)  # the next actor call carries the provider's limit
+
+    asyncio.run(main())
+    stats = ray.get(ray.get_actor(name).stats.remote())
+    assert 41 <= stats["granted_requests"] <= 41 + 16  # at most one chunk not yet used
+    assert stats["adaptive"]["provider_limit_requests"] == 3000 and stats["adaptive"]["requests_per_minute"] <= 3000
 
 
 def _csv(tmp_path):

@@ -12,6 +12,7 @@ and stored labels stay comparable.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,6 +197,27 @@ class Verdict:
     error: str | None = None
 
 
+# Above this many texts (and with Ray running) the judge fans out over a Ray Data actor pool.
+JUDGE_RAY_DATA_MIN_ROWS = 2000
+
+
+def _chat_many(client: Any, batch: list[list[dict]], params: dict, ray_data_min_rows: int | None,
+               ray_data_actors: int) -> list:
+    """`client.chat_many`, on Ray Data when the batch is large, Ray is up and the client is a ChatClient
+    (its endpoint, cache and cluster-wide budget are what every actor uses)."""
+    if ray_data_min_rows is not None and len(batch) >= ray_data_min_rows:
+        from libra_ray.llm.client import ChatClient
+
+        if isinstance(client, ChatClient):
+            import ray
+
+            if ray.is_initialized():
+                from libra_ray.llm.stage import chat_many_on_ray_data
+
+                return chat_many_on_ray_data(client, batch, params, actors=ray_data_actors)
+    return client.chat_many(batch, **params)
+
+
 def judge_texts(
     client: Any,
     prompt: JudgePrompt,
@@ -204,12 +226,20 @@ def judge_texts(
     max_attempts: int = 3,
     params: dict | None = None,
     retry_params: Callable[[int], dict] | None = None,
+    ray_data_min_rows: int | None = JUDGE_RAY_DATA_MIN_ROWS,
+    ray_data_actors: int = 2,
 ) -> list[Verdict]:
     """Judge every text with `client.chat_many` (the project's ChatClient contract).
 
     Temperature 0. Unparseable replies and failed requests are retried up to `max_attempts` times in
     total (attempt k>0 adds `retry_params(k)` so a content-addressed cache does not replay the same
     bad reply); what is still unparseable stays label None with its raw reply kept.
+
+    Scale: the ChatClient keeps `endpoint.max_concurrency` requests in flight on one shared connection
+    pool; at `ray_data_min_rows` texts or more (None = never) and with Ray running, the requests fan
+    out over `ray_data_actors` Ray Data actors sharing the endpoint's cluster-wide budget (the synth
+    stage's machinery, `libra_ray.llm.stage`). Throughput lands in `client.stats` (`judged_rows`,
+    `judge_s`, hence `judged_rows_per_s` in `as_dict()`) when the client has ChatClient stats.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
@@ -218,11 +248,12 @@ def judge_texts(
     base = {"temperature": 0.0, **(params or {})}
     verdicts = [Verdict(label=None, raw=None, attempts=0) for _ in texts]
     pending = list(range(len(texts)))
+    started = time.monotonic()
     for attempt in range(max_attempts):
         if not pending:
             break
         call = dict(base, **(retry_params(attempt) if retry_params and attempt else {}))
-        results = client.chat_many([messages[i] for i in pending], **call)
+        results = _chat_many(client, [messages[i] for i in pending], call, ray_data_min_rows, ray_data_actors)
         still = []
         for i, res in zip(pending, results):
             v = verdicts[i]
@@ -234,4 +265,7 @@ def judge_texts(
             if v.label is None:
                 still.append(i)
         pending = still
+    stats = getattr(client, "stats", None)
+    if texts and hasattr(stats, "judged_rows"):
+        stats.add(judged_rows=len(texts), judge_s=time.monotonic() - started)
     return verdicts

@@ -1,6 +1,10 @@
 """The one OpenAI-compatible chat client (teacher, judge, hosted baselines).
 
-- Concurrent: `chat_many` keeps up to `endpoint.max_concurrency` requests in flight (asyncio + httpx).
+- Concurrent: up to `endpoint.max_concurrency` requests of one client in flight (across all its
+  concurrent `chat_many`/`achat_many` calls), on aiohttp. One session and connection pool per process,
+  owned by a background event-loop thread and reused by every call and every client (`chat_many` from
+  sync code and `achat_many` from any event loop, e.g. an async Ray Data actor's, both submit to it:
+  an aiohttp session is bound to one loop).
 - Robust: honours `Retry-After` on 429, retries timeouts, connection errors, 408 and 5xx with jittered
   exponential backoff; a request that still fails becomes a `ChatResult` with `error` set, never an
   exception, so one bad row never kills a batch job.
@@ -9,7 +13,8 @@
 - Never paid twice: successful answers are cached by content (sha256 of model + messages + params),
   so a killed run resumes where it stopped and a re-run makes zero new calls.
 - Budgeted: an optional limiter (`libra_ray.llm.ratelimit`) spaces requests to a requests/tokens per
-  minute budget, cluster-wide when it is the Ray-actor one.
+  minute budget, cluster-wide when it is the Ray-actor one, and hears every 429 and `x-ratelimit-*`
+  header so it can learn the provider's real limit.
 
 The API key named by `endpoint.api_key_env` is looked up at call time (`libra_ray.credentials`); it is only
 ever put in the Authorization header, never in results, caches, logs or errors.
@@ -18,7 +23,7 @@ ever put in the Authorization header, never in results, caches, logs or errors.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import atexit
 import email.utils
 import hashlib
 import json
@@ -31,9 +36,10 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 from libra_ray.credentials import get_credential
+from libra_ray.llm.ratelimit import parse_rate_limit_headers
 
 if TYPE_CHECKING:
-    import httpx
+    import aiohttp
 
     from libra_ray.llm.config import EndpointConfig
 
@@ -73,6 +79,9 @@ class ClientStats:
     cache_hits: int = 0
     prompt_tokens: int = 0  # tokens billed by the server (malformed answers included, cache hits not)
     completion_tokens: int = 0
+    busy_s: float = 0.0  # wall seconds with at least one call of this client in progress
+    judged_rows: int = 0  # texts judged by `libra_ray.bench.judge.judge_texts` (labelled or not)
+    judge_s: float = 0.0  # wall seconds judge_texts spent on them
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **deltas: int) -> None:
@@ -80,13 +89,21 @@ class ClientStats:
             for key, value in deltas.items():
                 setattr(self, key, getattr(self, key) + value)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
+        """The counters, plus `requests_per_s` (requests / busy_s) and `judged_rows_per_s`."""
         with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+            out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        out["busy_s"] = round(out["busy_s"], 3)
+        out["judge_s"] = round(out["judge_s"], 3)
+        out["requests_per_s"] = round(out["requests"] / out["busy_s"], 2) if out["busy_s"] else None
+        out["judged_rows_per_s"] = round(out["judged_rows"] / out["judge_s"], 2) if out["judge_s"] else None
+        return out
 
 
 class Limiter(Protocol):
-    """Reserve capacity for one request; returns the seconds to wait before sending it."""
+    """A budget (`libra_ray.llm.ratelimit`). `acquire` waits until a request may go (on the client's
+    event loop, never blocking it); `reserve` is the older form (returns the seconds to wait) and is
+    used when `acquire` is absent; `observe` (optional) hears each answer's 429 / rate-limit headers."""
 
     def reserve(self, requests: int, tokens: int) -> float: ...
 
@@ -176,6 +193,83 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+class _Response:
+    """What the client keeps of an HTTP answer (the body is read inside the request's context)."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: Any, body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class _IOLoop:
+    """The process's one background event loop (a daemon thread) and its one aiohttp session.
+
+    Every ChatClient of the process sends on this session, so connections are pooled and reused
+    across calls, batches and clients. Re-created after a fork (a loop never crosses processes)."""
+
+    _instance: "_IOLoop | None" = None
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="libra_ray-http", daemon=True)
+        self.thread.start()
+        self._session: "aiohttp.ClientSession | None" = None
+
+    @classmethod
+    def get(cls) -> "_IOLoop":
+        inst = cls._instance
+        if inst is not None and inst.pid == os.getpid():
+            return inst
+        with cls._guard:
+            if cls._instance is None or cls._instance.pid != os.getpid():
+                cls._instance = cls()
+                atexit.register(cls._instance.close)
+            return cls._instance
+
+    def session(self) -> "aiohttp.ClientSession":
+        """The session (created on first use; only call on this loop)."""
+        if self._session is None or self._session.closed:
+            import aiohttp
+
+            # No pool cap here: each client's semaphore caps its own in-flight requests.
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, json_serialize=json.dumps)
+        return self._session
+
+    def run(self, coro) -> Any:
+        """Run `coro` on this loop from another thread and wait for its result."""
+        if threading.get_ident() == self.thread.ident:
+            coro.close()
+            raise RuntimeError("ChatClient.chat_many called on the client's own I/O loop: await achat_many instead")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def arun(self, coro) -> Any:
+        """Await `coro` on this loop from any event loop (the caller's loop stays free meanwhile)."""
+        if asyncio.get_running_loop() is self.loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def close(self) -> None:
+        if os.getpid() != self.pid or not self.loop.is_running():
+            return
+        if self._session is not None and not self._session.closed:
+            try:
+                asyncio.run_coroutine_threadsafe(self._session.close(), self.loop).result(timeout=2)
+            except Exception:  # noqa: BLE001 - best effort at interpreter exit
+                pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
 class ChatClient:
     """OpenAI-compatible `/chat/completions` client with retries, cache, budget and per-request errors."""
 
@@ -190,6 +284,10 @@ class ChatClient:
         self.cache = ResponseCache(cache_dir) if cache_dir else None
         self.limiter = limiter
         self.stats = ClientStats()
+        self._sem: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._active = 0  # calls in progress (on the I/O loop only)
+        self._busy_since = 0.0
+        self._timeout = None  # aiohttp.ClientTimeout, made on first use (aiohttp imports lazily)
 
     # ---- public API -------------------------------------------------------------------------
     def chat(self, messages: list[dict], *, validate: Validator | None = None, **params) -> ChatResult:
@@ -199,27 +297,53 @@ class ChatClient:
     def chat_many(self, batch: list[list[dict]], *, validate: Validator | list[Validator | None] | None = None,
                   **params) -> list[ChatResult]:
         """Many chat completions, up to `endpoint.max_concurrency` in flight; results in input order.
-        `validate` is one validator for all requests or a list aligned with `batch`."""
+        `validate` is one validator for all requests or a list aligned with `batch`. Blocking; safe to
+        call from several threads at once, and from a thread that runs an event loop."""
         if not batch:
             return []
-        return _run_coroutine(lambda: self.achat_many(batch, validate=validate, **params))
+        return _IOLoop.get().run(self._many(batch, validate, params))
 
     async def achat_many(self, batch: list[list[dict]], *, validate: Validator | list[Validator | None] | None = None,
-                         **params) -> list[ChatResult]:
-        import httpx
+                         tally: ClientStats | None = None, **params) -> list[ChatResult]:
+        """`chat_many` for async callers (any event loop): the requests run on the process's I/O loop,
+        the caller's loop stays free; concurrent calls share this client's in-flight limit. `tally`, if
+        given, also receives this call's counters (`stats` sums all calls, concurrent ones included)."""
+        if not batch:
+            return []
+        return await _IOLoop.get().arun(self._many(batch, validate, params, tally))
 
+    async def _many(self, batch: list[list[dict]], validate: Validator | list[Validator | None] | None,
+                    params: dict, tally: ClientStats | None = None) -> list[ChatResult]:
         checks = validate if isinstance(validate, list) else [validate] * len(batch)
         if len(checks) != len(batch):
             raise ValueError(f"{len(checks)} validators for {len(batch)} requests")
-        limits = httpx.Limits(max_connections=self.endpoint.max_concurrency,
-                              max_keepalive_connections=self.endpoint.max_concurrency)
-        sem = asyncio.Semaphore(self.endpoint.max_concurrency)
-        async with httpx.AsyncClient(timeout=self.endpoint.timeout_s, limits=limits) as http:
-            async def one(messages: list[dict], check: Validator | None) -> ChatResult:
-                async with sem:
-                    return await self._achat(http, messages, check, params)
+        sem = self._semaphore()
+        session = _IOLoop.get().session()
 
+        async def one(messages: list[dict], check: Validator | None) -> ChatResult:
+            async with sem:
+                return await self._achat(session, messages, check, params, tally)
+
+        self._busy(+1)
+        try:
             return list(await asyncio.gather(*(one(m, c) for m, c in zip(batch, checks))))
+        finally:
+            self._busy(-1)
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        """This client's in-flight limit on the I/O loop (a new one after a fork: new loop)."""
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem[0] is not loop:
+            self._sem = (loop, asyncio.Semaphore(self.endpoint.max_concurrency))
+        return self._sem[1]
+
+    def _busy(self, delta: int) -> None:
+        """Count wall time with calls in progress (`stats.busy_s`: throughput = requests / busy_s)."""
+        now = time.monotonic()
+        if self._active:
+            self.stats.add(busy_s=now - self._busy_since)
+        self._busy_since = now
+        self._active += delta
 
     # ---- internals --------------------------------------------------------------------------
     def _body(self, messages: list[dict], params: dict) -> tuple[str, dict]:
@@ -245,14 +369,38 @@ class ChatClient:
         if self.limiter is None:
             return 0
         estimate = estimate_tokens(messages, max_tokens)
-        delay = self.limiter.reserve(1, estimate)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        acquire = getattr(self.limiter, "acquire", None)
+        if acquire is not None:
+            await acquire(1, estimate)
+        else:
+            delay = self.limiter.reserve(1, estimate)
+            if delay > 0:
+                await asyncio.sleep(delay)
         return estimate
 
-    async def _achat(self, http: "httpx.AsyncClient", messages: list[dict], validate: Validator | None,
-                     params: dict) -> ChatResult:
-        import httpx
+    async def _post(self, session: "aiohttp.ClientSession", url: str, body: dict) -> _Response:
+        import aiohttp
+
+        if self._timeout is None:
+            self._timeout = aiohttp.ClientTimeout(total=self.endpoint.timeout_s)
+        async with session.post(url, data=json.dumps(body).encode(), headers=self._headers(),
+                                timeout=self._timeout) as resp:
+            return _Response(resp.status, resp.headers, await resp.read())
+
+    def _observe(self, resp: _Response) -> None:
+        """Tell the budget what the provider said about its limit (429s and x-ratelimit-* headers)."""
+        observe = getattr(self.limiter, "observe", None)
+        if observe is not None:
+            observe(resp.status == 429, parse_rate_limit_headers(resp.headers))
+
+    def _count(self, tally: ClientStats | None, **deltas: int) -> None:
+        self.stats.add(**deltas)
+        if tally is not None:
+            tally.add(**deltas)
+
+    async def _achat(self, session: "aiohttp.ClientSession", messages: list[dict], validate: Validator | None,
+                     params: dict, tally: ClientStats | None = None) -> ChatResult:
+        import aiohttp
 
         model, params = self._body(messages, params)
         key = cache_key(model, messages, params)
@@ -263,12 +411,12 @@ class ChatClient:
                 passes = bool(text) and (validate is None or validate(text) is None)
                 if entry.get("invalid") and not passes:
                     # A paid answer that stayed malformed after retries: reported again, not paid again.
-                    self.stats.add(calls=1, cache_hits=1, errors=1)
+                    self._count(tally, calls=1, cache_hits=1, errors=1)
                     return ChatResult(text=None, reasoning=None, prompt_tokens=entry.get("prompt_tokens", 0),
                                       completion_tokens=entry.get("completion_tokens", 0), cached=True,
                                       error=f"malformed output: {entry['invalid']}", raw=None)
                 if passes:
-                    self.stats.add(calls=1, cache_hits=1)
+                    self._count(tally, calls=1, cache_hits=1)
                     return ChatResult(text=text, reasoning=entry.get("reasoning"),
                                       prompt_tokens=entry.get("prompt_tokens", 0),
                                       completion_tokens=entry.get("completion_tokens", 0),
@@ -283,54 +431,56 @@ class ChatClient:
         while True:
             estimate = await self._wait_budget(messages, params.get("max_tokens", self.endpoint.max_tokens))
             wait: float | None = None
-            self.stats.add(requests=1)
+            self._count(tally, requests=1)
             try:
-                resp = await http.post(url, json=body, headers=self._headers())
-            except httpx.TimeoutException:
+                resp = await self._post(session, url, body)
+            except asyncio.TimeoutError:  # aiohttp's timeouts are asyncio.TimeoutError subclasses
                 error, retryable = f"timeout after {self.endpoint.timeout_s:g} s", True
-                self.stats.add(timeouts=1)
-            except httpx.TransportError as err:
+                self._count(tally, timeouts=1)
+            except aiohttp.ClientError as err:
                 error, retryable = f"connection error: {type(err).__name__}", True
-                self.stats.add(timeouts=1)
+                self._count(tally, timeouts=1)
             else:
-                if resp.status_code == 200:
-                    result, problem, text, usage = self._parse(resp, validate)
+                if self.limiter is not None:
+                    self._observe(resp)
+                if resp.status == 200:
+                    result, problem, text, usage = self._parse(resp, validate, tally)
                     spent = [spent[0] + usage[0], spent[1] + usage[1]]
                     self._settle(estimate, sum(usage))
                     if result is not None:
                         result.prompt_tokens, result.completion_tokens = spent
-                        self.stats.add(calls=1)
+                        self._count(tally, calls=1)
                         if self.cache is not None:
                             self.cache.put(key, {"text": result.text, "reasoning": result.reasoning,
                                                  "prompt_tokens": result.prompt_tokens,
                                                  "completion_tokens": result.completion_tokens, "raw": result.raw})
                         return result
-                    self.stats.add(malformed=1)
+                    self._count(tally, malformed=1)
                     malformed += 1
                     error = f"malformed output: {problem}"
                     if malformed > self.endpoint.max_malformed_retries:
                         if self.cache is not None:  # remember the paid, unusable answer: a re-run won't re-ask
                             self.cache.put(key, {"text": text or "", "invalid": problem, "raw": None,
                                                  "prompt_tokens": spent[0], "completion_tokens": spent[1]})
-                        return self._fail(error, spent)
-                    self.stats.add(retries=1)
+                        return self._fail(error, spent, tally)
+                    self._count(tally, retries=1)
                     continue
-                error = f"HTTP {resp.status_code}: {_short(resp.text)}"
-                retryable = resp.status_code in _RETRY_STATUSES
-                if resp.status_code == 429:
-                    self.stats.add(rate_limited=1)
+                error = f"HTTP {resp.status}: {_short(resp.text)}"
+                retryable = resp.status in _RETRY_STATUSES
+                if resp.status == 429:
+                    self._count(tally, rate_limited=1)
                     wait = parse_retry_after(resp.headers.get("retry-after"))
                 elif retryable:
-                    self.stats.add(server_errors=1)
+                    self._count(tally, server_errors=1)
             if not retryable or failures >= self.endpoint.max_retries:
-                return self._fail(error, spent)
+                return self._fail(error, spent, tally)
             # The server's Retry-After wins over our backoff (capped at 10 min against a broken header).
             delay = self._backoff(failures) if wait is None else min(wait, 600.0) + random.uniform(0, 0.05)
             failures += 1
-            self.stats.add(retries=1)
+            self._count(tally, retries=1)
             await asyncio.sleep(delay)
 
-    def _parse(self, resp: "httpx.Response", validate: Validator | None
+    def _parse(self, resp: _Response, validate: Validator | None, tally: ClientStats | None = None
                ) -> tuple[ChatResult | None, str, str | None, tuple[int, int]]:
         """(result, "", text, usage) for a usable answer, else (None, problem, text-if-any, usage);
         usage = (prompt, completion) tokens the server billed for this answer."""
@@ -343,7 +493,7 @@ class ChatClient:
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         raw_usage = data.get("usage") or {}
         usage = (int(raw_usage.get("prompt_tokens") or 0), int(raw_usage.get("completion_tokens") or 0))
-        self.stats.add(prompt_tokens=usage[0], completion_tokens=usage[1])
+        self._count(tally, prompt_tokens=usage[0], completion_tokens=usage[1])
         if not isinstance(text, str) or not text.strip():
             return None, "empty content", None, usage
         if validate is not None:
@@ -358,8 +508,8 @@ class ChatClient:
         if self.limiter is not None and estimate and actual:
             self.limiter.settle(actual - estimate)
 
-    def _fail(self, error: str, spent: list[int]) -> ChatResult:
-        self.stats.add(calls=1, errors=1)
+    def _fail(self, error: str, spent: list[int], tally: ClientStats | None = None) -> ChatResult:
+        self._count(tally, calls=1, errors=1)
         return ChatResult(text=None, reasoning=None, prompt_tokens=spent[0], completion_tokens=spent[1], cached=False,
                           error=error, raw=None)
 
@@ -367,14 +517,3 @@ class ChatClient:
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _run_coroutine(make: Callable[[], Any]) -> Any:
-    """Run a coroutine from sync code, also when this thread already runs an event loop (then in a
-    helper thread, so callers inside async frameworks such as Serve can still use the sync API)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make())
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: asyncio.run(make())).result()

@@ -27,6 +27,9 @@ class EndpointConfig(StrictModel):
     # Cluster-wide budgets shared by every Ray worker (None = unlimited).
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
+    learn_rate_limit: bool = Field(
+        default=True, description="adapt the cluster-wide budget to the provider's x-ratelimit-* headers and 429s: "
+        "a budget set too high converges to the provider's limit, a missing one is discovered")
     max_concurrency: int = Field(default=16, ge=1, description="requests in flight per worker")
     temperature: float = Field(default=0.7, ge=0)
     max_tokens: int = Field(default=256, ge=1)

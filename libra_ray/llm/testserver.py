@@ -5,7 +5,8 @@
 
 It serves `POST /v1/chat/completions` and `GET /v1/models` with uvicorn in a background thread on a
 free port, and injects the failures a real provider shows: fixed latency, 429 with `Retry-After`
-(scripted, random, or from a server-side requests-per-minute limit), 500s, malformed 200 answers
+(scripted, random, or from a server-side requests-per-minute limit, which it announces as a real
+provider does in OpenAI-style `x-ratelimit-limit/remaining/reset-requests` headers on every answer), 500s, malformed 200 answers
 (non-JSON body, empty content) and hangs (for client timeouts). Faults are either random rates
 (seeded, reproducible) or a script consumed one per request (`inject("429", "500")`), so tests can
 assert exact retry behaviour. Every request is counted and (optionally) logged.
@@ -48,7 +49,7 @@ class TestOpenAIServer:
     def __init__(self, responder: Responder | None = None, *, latency_s: float = 0.0, rpm: int | None = None,
                  rate_limit_rate: float = 0.0, error_rate: float = 0.0, malformed_rate: float = 0.0,
                  retry_after_s: float = 0.05, hang_s: float = 30.0, seed: int = 0, api_key: str | None = None,
-                 keep_log: bool = True):
+                 keep_log: bool = True, rate_limit_headers: bool = True):
         self.responder = responder or echo_responder
         self.latency_s = latency_s
         self.rpm = rpm
@@ -59,6 +60,7 @@ class TestOpenAIServer:
         self.hang_s = hang_s
         self.api_key = api_key
         self.keep_log = keep_log
+        self.rate_limit_headers = rate_limit_headers  # emit x-ratelimit-* when `rpm` is set
         self._rng = random.Random(seed)
         self._script: collections.deque[str] = collections.deque()
         self._lock = threading.Lock()
@@ -149,6 +151,16 @@ class TestOpenAIServer:
             return None
         return (1.0 - self._bucket) / rate
 
+    def _rate_headers(self) -> dict[str, str]:
+        """OpenAI-style limit headers: the per-minute limit, what is left now, time until full."""
+        if not self.rpm or not self.rate_limit_headers:
+            return {}
+        with self._lock:
+            left = self._bucket
+        reset = max(0.0, (self._burst() - left) / (self.rpm / 60.0))
+        return {"x-ratelimit-limit-requests": str(self.rpm), "x-ratelimit-remaining-requests": str(max(0, int(left))),
+                "x-ratelimit-reset-requests": f"{reset:.3f}s"}
+
     def _choose_outcome(self) -> tuple[str, float | None]:
         with self._lock:
             if self._script:
@@ -201,7 +213,8 @@ class TestOpenAIServer:
                     retry = self.retry_after_s if wait is None else wait
                     return JSONResponse({"error": {"message": "rate limit exceeded", "type": "rate_limit"}},
                                         status_code=429, headers={"Retry-After": f"{retry:.3f}",
-                                                                  "retry-after-ms": str(int(retry * 1000))})
+                                                                  "retry-after-ms": str(int(retry * 1000)),
+                                                                  **self._rate_headers()})
                 if outcome == "500":
                     return JSONResponse({"error": {"message": "injected server error"}}, status_code=500)
                 if outcome == "malformed":
@@ -215,7 +228,8 @@ class TestOpenAIServer:
                 content, reasoning = (reply.get("content"), reply.get("reasoning_content")) if isinstance(reply, dict) else (reply, None)
                 if outcome == "empty":
                     content = ""
-                return JSONResponse(self._completion(body.get("model", "test"), messages, content, reasoning))
+                return JSONResponse(self._completion(body.get("model", "test"), messages, content, reasoning),
+                                    headers=self._rate_headers())
             finally:
                 with self._lock:
                     self.in_flight -= 1
@@ -224,7 +238,8 @@ class TestOpenAIServer:
             """Counters and request times, for a server run in another process (benchmarks)."""
             with self._lock:
                 return JSONResponse({"counts": dict(self.counts), "max_in_flight": self.max_in_flight,
-                                     "times": [e["t"] for e in self.log]})
+                                     "times": [e["t"] for e in self.log],
+                                     "ok_times": [e["t"] for e in self.log if e["outcome"] == "ok"]})
 
         return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                                  Route("/v1/models", models, methods=["GET"]),

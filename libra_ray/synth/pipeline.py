@@ -136,7 +136,12 @@ def dedupe(items: list[str], jaccard: float | None = None) -> tuple[list[str], i
 
 
 class TeacherStage:
-    """Ray Data actor: holds one ChatClient and turns seed rows into paraphrase lists (phase 2)."""
+    """Ray Data actor: holds one ChatClient and turns seed rows into paraphrase lists (phase 2).
+
+    An async callable class (`libra_ray.llm.stage`): Ray Data runs several batches per actor at once,
+    all sharing the client's in-flight limit (`teacher.max_concurrency`), so the next batch's requests
+    are queued while the last ones of the previous batch are out: no idle gap between batches, and the
+    per-actor concurrency is not capped by one batch's size."""
 
     def __init__(self, synth_json: dict, base_url: str, cache_dir: str, limiter_name: str | None,
                  chemical_names: list[str]):
@@ -150,13 +155,17 @@ class TeacherStage:
         self.chemical_names = frozenset(chemical_names)
         self.gate_judge = GateJudge.from_config(self.synth, base_url, cache_dir)  # None unless synth.gate_judge
 
-    def __call__(self, batch):
+    async def __call__(self, batch):
+        from libra_ray.llm.client import ClientStats
+
         rows = batch.to_pylist()
         calls = [(i, part, msgs, check) for i, row in enumerate(rows)
                  for part, msgs, check in teacher_requests(row, self.synth)]
-        before = self.client.stats.as_dict()
-        results = self.client.chat_many([c[2] for c in calls], validate=[c[3] for c in calls])
-        after = self.client.stats.as_dict()
+        tally = ClientStats()  # this batch's counters (other batches run concurrently on the same client)
+        results = await self.client.achat_many([c[2] for c in calls], validate=[c[3] for c in calls], tally=tally)
+        yield self._rows(rows, calls, results, tally.as_dict())
+
+    def _rows(self, rows: list[dict], calls: list, results: list, counters: dict):
         out = [dict(row, prompts=[row["seed_prompt"]], chosens=[row["seed_chosen"]], rejecteds=[row["seed_rejected"]],
                     error="", malformed_parts=0, safety_dropped=0, duplicates_removed=0, teacher_calls=0,
                     prompt_tokens=0, completion_tokens=0)
@@ -185,10 +194,19 @@ class TeacherStage:
         # Client counters for this batch ride on its first row (sums stay exact).
         for key in CLIENT_COUNTERS:
             for j, row in enumerate(out):
-                row[f"client_{key}"] = after[key] - before[key] if j == 0 else 0
+                row[f"client_{key}"] = counters[key] if j == 0 else 0
         import pyarrow as pa
 
         return pa.Table.from_pylist(out)
+
+
+def teacher_map_kwargs(synth: "SynthConfig") -> dict:
+    """`map_batches` arguments that keep each TeacherStage actor's client full (3 requests per seed row;
+    see `libra_ray.llm.stage.actor_pool_map_kwargs`)."""
+    from libra_ray.llm.stage import actor_pool_map_kwargs
+
+    return actor_pool_map_kwargs(synth.concurrency, synth.batch_size, synth.teacher.max_concurrency, 3,
+                                 synth.worker_num_cpus)
 
 
 # ---- phase 3 ----------------------------------------------------------------------------------
@@ -213,6 +231,7 @@ def build_dataset(cfg: "PipelineConfig", base_url: str, *, progress: bool = True
     import ray
 
     from libra_ray.llm.ratelimit import create_cluster_limiter
+    from libra_ray.llm.stage import blocks_for
     from libra_ray.seeds import load_catalogue as _load
 
     synth = cfg.synth
@@ -223,10 +242,8 @@ def build_dataset(cfg: "PipelineConfig", base_url: str, *, progress: bool = True
     limiter_name = create_cluster_limiter(synth.teacher, base_url)
     # Catalogue names count as reagents in the safety gate (short acronyms would match ordinary words).
     names = sorted({c.name.lower() for c in _load(synth.seeds_csv, check_smiles=False) if len(c.name) >= 4})
-    phase2 = ray.data.from_items(seeds, override_num_blocks=max(1, min(len(seeds) // synth.batch_size, 64))).map_batches(
-        TeacherStage, batch_size=synth.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=synth.concurrency),
-        num_cpus=synth.worker_num_cpus, fn_constructor_kwargs=dict(
+    phase2 = ray.data.from_items(seeds, override_num_blocks=blocks_for(len(seeds), synth.batch_size)).map_batches(
+        TeacherStage, **teacher_map_kwargs(synth), fn_constructor_kwargs=dict(
             synth_json=synth.model_dump(mode="json"), base_url=base_url, cache_dir=cache_dir,
             limiter_name=limiter_name, chemical_names=names))
 
