@@ -120,7 +120,11 @@ def test_sync_chat_works_inside_a_running_event_loop(server):
 def test_helpers():
     assert parse_retry_after("2") == 2.0 and parse_retry_after("0.25") == 0.25
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    assert cache_key("m", MSG, {"t": 1}) == cache_key("m", MSG, {"t": 1}) != cache_key("m", MSG, {"t": 2})
+    # Equal content built separately (and params in another order) gives the same key; any change differs.
+    assert cache_key("m", [dict(m) for m in MSG], {"t": 1}) == cache_key("m", MSG, {"t": 1})
+    assert cache_key("m", MSG, {"a": 1, "t": 1}) == cache_key("m", MSG, {"t": 1, "a": 1})
+    assert len({cache_key("m", MSG, {"t": 1}), cache_key("m", MSG, {"t": 2}), cache_key("m2", MSG, {"t": 1}),
+                cache_key("m", [{"role": "user", "content": "hello!"}], {"t": 1})}) == 4
     with pytest.raises(ValueError, match="no base_url"):
         ChatClient(EndpointConfig())
 
