@@ -259,7 +259,10 @@ def test_the_judge_endpoint_opens_only_when_a_row_needs_it(tmp_path, monkeypatch
     with contextlib.ExitStack() as stack:
         client = bench_pkg._judge_client(cfg, stack)
         evaluate(rows, cfg.bench, client, ScriptedDetector(sure))
-        assert opened == [] and client.stats() is None  # nothing routed: no endpoint started
+        assert opened == [] and client.stats_dict() is None  # nothing routed: no endpoint started
         evaluate(_rows(), cfg.bench, client, ScriptedDetector(SCRIPT))
-        assert opened == ["tiny"] and client.stats()["requests"] >= 1
+        stats = client.stats_dict()
+        assert opened == ["tiny"] and stats["requests"] >= 1
+        # The judge's throughput reaches the report through the lazy wrapper too.
+        assert stats["judged_rows"] >= 1 and stats["judged_rows_per_s"] is not None
     assert bench_pkg._judge_client(load_config(None, ["bench.detector=local"]), contextlib.ExitStack()) is None

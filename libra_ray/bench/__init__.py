@@ -43,7 +43,8 @@ class _LazyJudge:
     def __init__(self, cfg: "PipelineConfig", stack: contextlib.ExitStack):
         self.cfg, self.stack, self.client = cfg, stack, None
 
-    def chat_many(self, batch: list, **params: Any) -> list:
+    def open(self) -> Any:
+        """The judge's ChatClient (started on first use)."""
         if self.client is None:
             from libra_ray.config import join_uri
             from libra_ray.llm.client import ChatClient
@@ -52,9 +53,12 @@ class _LazyJudge:
             judge = self.cfg.bench.judge
             base_url = self.stack.enter_context(open_endpoint(judge, self.cfg))
             self.client = ChatClient(judge, base_url=base_url, cache_dir=join_uri(self.cfg.bench_dir, "judge_cache"))
-        return self.client.chat_many(batch, **params)
+        return self.client
 
-    def stats(self) -> dict | None:
+    def chat_many(self, batch: list, **params: Any) -> list:
+        return self.open().chat_many(batch, **params)
+
+    def stats_dict(self) -> dict | None:
         return self.client.stats.as_dict() if self.client is not None else None
 
 
@@ -103,7 +107,7 @@ def run(cfg: "PipelineConfig") -> dict:
             results[model.name] = {"engine": model.engine, "path": model.path if model.engine != "openai" else None,
                                    "generation": generation[model.name], "evaluation": eval_counts, **scores,
                                    "provenance": model_provenance(cfg, model), "samples": sample_answers(evaluated)}
-        judge_stats = client.stats() if client is not None else None
+        judge_stats = client.stats_dict() if client is not None else None
     report = {"run": cfg.name, "prompts": prompts_path(cfg), "rule": bench.rule,
               "judge_prompts": list(bench.judge_prompts) if client is not None else [],
               "judge_model": bench.judge.model if client is not None else None, "judge_client": judge_stats,

@@ -205,6 +205,8 @@ def _chat_many(client: Any, batch: list[list[dict]], params: dict, ray_data_min_
                ray_data_actors: int) -> list:
     """`client.chat_many`, on Ray Data when the batch is large, Ray is up and the client is a ChatClient
     (its endpoint, cache and cluster-wide budget are what every actor uses)."""
+    if hasattr(client, "open"):  # bench's lazily opened judge: the ChatClient itself from here on
+        client = client.open()
     if ray_data_min_rows is not None and len(batch) >= ray_data_min_rows:
         from libra_ray.llm.client import ChatClient
 
@@ -265,7 +267,7 @@ def judge_texts(
             if v.label is None:
                 still.append(i)
         pending = still
-    stats = getattr(client, "stats", None)
+    stats = getattr(getattr(client, "client", client), "stats", None)  # through bench's lazy judge too
     if texts and hasattr(stats, "judged_rows"):
         stats.add(judged_rows=len(texts), judge_s=time.monotonic() - started)
     return verdicts

@@ -96,7 +96,9 @@ def render_markdown(report: dict) -> str:
     if report.get("judge_client"):
         j = report["judge_client"]
         lines += ["", f"Judge `{report.get('judge_model')}`: {j.get('requests', 0)} HTTP requests, {j.get('retries', 0)} "
-                  f"retries, {j.get('cache_hits', 0)} cache hits, {j.get('errors', 0)} failed calls."]
+                  f"retries, {j.get('cache_hits', 0)} cache hits, {j.get('errors', 0)} failed calls; "
+                  f"{j.get('judged_rows', 0)} rows judged in {j.get('judge_s', 0)} s "
+                  f"({j.get('judged_rows_per_s', '-')} judged rows/s, beside generation's rows above)."]
     lines += detector_section(report)
     if report.get("rule_calibration"):
         lines += ["", "## Refusal rules on 12 built-in sentences (a smoke check, not a measurement)", "",
