@@ -74,12 +74,15 @@ def test_html_has_no_overflow_prone_widths():
 
 
 def test_detector_and_its_accuracy_come_from_the_report_or_say_n_a():
+    """The detector block as bench writes it (scheme, local detector, measured accuracy from its metadata)."""
+    acc = {"accuracy": 0.93, "ci_low": 0.9, "ci_high": 0.95, "n": 200, "dataset": "labels.csv",
+           "method": "5-fold cross-validation"}
     page = _Page()
-    page.feed(render_html(_report(detector={"name": "local classifier", "accuracy": 0.93, "n": 200}), ""))
+    page.feed(render_html(_report(detector={"scheme": "local", "local": "classifier", "accuracy": acc}), ""))
     text = " ".join(page.text)
-    assert "local classifier" in text and "93.0% on 200 labelled answers" in text
+    assert "classifier" in text and "local detector only" in text and "93.0% [90.0, 95.0] on labels.csv" in text
     page = _Page()
-    page.feed(render_html(_report(detector="some detector"), ""))
+    page.feed(render_html(_report(detector={"scheme": "local", "local": "rule:x", "accuracy": None}), ""))
     assert "measured accuracy: n/a" in " ".join(page.text).replace("  ", " ")
 
 
