@@ -34,12 +34,19 @@ def _ids(engine, prompts=PROMPTS):
     return [engine.chat_ids(p) for p in prompts]
 
 
-def _model_server(path, engine="transformers"):
-    """serve's ModelServer (the deployment's class itself, no Ray), for a tiny model."""
+@pytest.fixture(scope="module")
+def server(tiny_model_path):
+    """serve's ModelServer (the deployment's class itself, no Ray) and the one event loop it runs on:
+    @serve.batch keeps its queue per decorated method, bound to the first loop that used it."""
     from libra_ray.serve.app import ModelServer
 
-    return ModelServer.func_or_class({"name": "policy", "path": str(path), "engine": engine, "max_model_len": 256,
-                                      "vllm_dtype": "float32"})
+    loop = asyncio.new_event_loop()
+    srv = ModelServer.func_or_class({"name": "policy", "path": str(tiny_model_path), "engine": "transformers",
+                                     "max_model_len": 256})
+    try:
+        yield srv, loop.run_until_complete
+    finally:
+        loop.close()
 
 
 def _serve_request(prompt, **params):
@@ -62,18 +69,18 @@ def test_bad_params_are_request_errors(bad, param):
     assert err.value.param == param and err.value.to_dict()["error"]["type"] == "invalid_request_error"
 
 
-def test_bench_and_serve_agree_token_for_token(tiny_model_path):
+def test_bench_and_serve_agree_token_for_token(tiny_model_path, server):
     """The bench callable and serve's deployment, each with its own engine instance: same greedy output."""
     from libra_ray.bench.engines import TransformersEngine as BenchEngine
 
     bench = BenchEngine(str(tiny_model_path), max_model_len=256, max_tokens=12, temperature=0.0, seed=0)
     table = bench(pa.table({"id": [str(i) for i in range(len(PROMPTS))], "prompt": PROMPTS}))
-    server = _model_server(tiny_model_path)
+    server, run = server
 
     async def serve_all():  # concurrent, so Serve's batching path is the one taken
         return await asyncio.gather(*(server.generate(_serve_request(p)) for p in PROMPTS))
 
-    served = asyncio.run(serve_all())
+    served = run(serve_all())
     for row, res in zip(table.to_pylist(), served):
         assert row["error"] is None and "error" not in res
         assert row["raw_text"] == res["text"] and row["completion_tokens"] == res["completion_tokens"] > 0
@@ -114,20 +121,20 @@ def test_streaming_uses_the_same_sampling(engine):
     assert asyncio.run(collect())["token_ids"] == engine.generate_batch([ids], [params])[0]["token_ids"]
 
 
-def test_model_server_isolates_requests_in_one_serve_batch(tiny_model_path):
+def test_model_server_isolates_requests_in_one_serve_batch(server):
     """Concurrent requests through serve's @serve.batch path: a bad seed is a 400 for that request only."""
-    server = _model_server(tiny_model_path)
+    server, run = server
     reqs = [_serve_request(PROMPTS[0]), _serve_request(PROMPTS[1], temperature=1.0, seed=3),
             _serve_request(PROMPTS[2]), _serve_request(PROMPTS[1], temperature=1.0, seed=4)]
     bad = {"messages": reqs[0]["messages"], "params": {**reqs[0]["params"], "seed": 10**30}}
 
-    async def run_all():  # one event loop: Serve's batch queue is bound to the loop it started on
+    async def run_all():
         clean = await asyncio.gather(*(server.generate(r) for r in reqs))
         mixed = await asyncio.gather(*(server.generate(r) for r in [reqs[0], bad, reqs[1], reqs[2], reqs[3]]))
         solo = [(await server.generate(r))["token_ids"] for r in (reqs[1], reqs[3])]
         return clean, mixed, solo
 
-    clean, mixed, solo = asyncio.run(run_all())
+    clean, mixed, solo = run(run_all())
     assert mixed[1]["error"]["param"] == "seed"
     assert [r["token_ids"] for r in mixed[:1] + mixed[2:]] == [r["token_ids"] for r in clean]
     assert solo == [clean[1]["token_ids"], clean[3]["token_ids"]] and solo[0] != solo[1]

@@ -86,7 +86,14 @@ class TransformersEngine(Engine):
         params.check()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        stop_event = threading.Event()
         done = object()
+
+        def send(item):  # from the generate thread; the consumer's loop may be gone (client left)
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:
+                stop_event.set()
 
         class _Streamer(BaseStreamer):
             first = True
@@ -96,12 +103,10 @@ class TransformersEngine(Engine):
                     self.first = False
                     return
                 for tok in value.reshape(-1).tolist():
-                    loop.call_soon_threadsafe(queue.put_nowait, tok)
+                    send(tok)
 
             def end(self):
-                loop.call_soon_threadsafe(queue.put_nowait, done)
-
-        stop_event = threading.Event()
+                send(done)
 
         class _Cancel:  # a StoppingCriteria: stops generation when the client went away or a stop was seen
             def __call__(self, input_ids, scores, **kw):
@@ -118,8 +123,8 @@ class TransformersEngine(Engine):
                                         streamer=_Streamer(), stopping_criteria=StoppingCriteriaList([_Cancel()]),
                                         **kwargs)
             except Exception as err:  # surfaced to the caller below
-                loop.call_soon_threadsafe(queue.put_nowait, err)
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+                send(err)
+                send(done)
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
