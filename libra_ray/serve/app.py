@@ -53,7 +53,9 @@ class APIError(Exception):
 
 def _from_request_error(err: dict) -> APIError:
     e = err["error"]
-    return APIError(400, e["message"], e.get("type", "invalid_request_error"), e.get("code"), e.get("param"))
+    kind = e.get("type", "invalid_request_error")
+    # A request's own mistake is a 400; an engine failure on that one request (engine_failed) a 500.
+    return APIError(400 if kind == "invalid_request_error" else 500, e["message"], kind, e.get("code"), e.get("param"))
 
 
 # --------------------------------------------------------------------------- request schemas
