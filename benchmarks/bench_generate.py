@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.prompts, args.max_tokens, args.repeats = 64, 32, 3
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from libra_ray.engines.env import apply_vllm_env, vllm_env
+
+    apply_vllm_env()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.model == "tiny":
         from libra_ray.tiny import ensure_tiny_model
@@ -170,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if "transformers" not in args.skip:
         record("transformers_direct", bench_transformers_direct, args, batch)
     ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus or None, include_dashboard=False,
-             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"],
-                                       "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
+             runtime_env={"env_vars": {**vllm_env(), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if "ray_actor" not in args.skip:

@@ -106,7 +106,9 @@ def bench_vllm_api_server(model_path: str, levels, per_level, max_tokens, dtype:
     from libra_ray.serve.server import free_port, wait_healthy
 
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    from libra_ray.engines.env import vllm_env
+
+    env = {**os.environ, **vllm_env()}
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--host", "127.0.0.1",
            "--port", str(port), "--served-model-name", "policy", "--max-model-len", "1024", "--enforce-eager",
            "--gpu-memory-utilization", "0.5", "--disable-log-stats", "--dtype", dtype]

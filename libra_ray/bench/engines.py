@@ -1,43 +1,35 @@
-"""Generation engines as Ray Data callable classes: one instance per actor, one engine per instance.
+"""Bench's Ray Data callables: one instance per actor, a thin adapter over `libra_ray.engines`.
 
-Every engine maps a batch of benchmark rows (`id`, `prompt`, ...) to the same output columns:
+Every callable maps a batch of benchmark rows (`id`, `prompt`, ...) to the same output columns:
 `raw_text` (the completion as generated), `answer` (final answer, `<think>` blocks removed),
 `reasoning` (trace or None), `error` (None, or why this row failed), `prompt_tokens`,
 `completion_tokens`. A failing row never fails its batch: prompts that do not fit the context are
-rejected up front, and an engine error on a batch is retried row by row so only the bad row is marked.
+rejected up front, and an engine failure is isolated to its row (the local engines do that themselves;
+for any engine a failing batch is retried row by row). Decoding (chat template, tokenisation, EOS,
+greedy vs sampling, seeds) is the shared engines' and identical to what `libra-ray serve` does.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from libra_ray.bench.rules import split_reasoning
+from libra_ray.engines.base import chat_messages
+from libra_ray.engines.params import GenParams, RequestError, short_error
+
 if TYPE_CHECKING:
     import pyarrow as pa
-
-from libra_ray.bench.rules import split_reasoning
 
 log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ("raw_text", "answer", "reasoning", "error", "prompt_tokens", "completion_tokens")
 
 
-def chat_messages(prompt: str, system_prompt: str | None = None) -> list[dict]:
-    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return msgs + [{"role": "user", "content": prompt}]
-
-
-def _short(err: BaseException) -> str:
-    return f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-
-
 class _Engine:
     """Shared batch logic: per-row errors, output columns. Subclasses implement `_generate`."""
-
-    max_model_len: int | None = None
 
     def __init__(self, system_prompt: str | None = None, max_tokens: int = 64):
         self.system_prompt = system_prompt
@@ -64,12 +56,12 @@ class _Engine:
         for i, prompt in enumerate(prompts):
             try:
                 tok = self._prompt_ids(prompt)
-            except Exception as err:  # a tokenizer failure is this row's problem only
-                out[i]["error"] = f"tokenize: {_short(err)}"
+            except RequestError as err:  # a prompt too long, or one the tokenizer rejects: this row only
+                out[i]["error"] = str(err)
+                out[i]["prompt_tokens"] = getattr(err, "prompt_tokens", None)
                 continue
-            if tok is not None and self.max_model_len and len(tok) >= self.max_model_len:
-                out[i]["error"] = f"prompt too long: {len(tok)} tokens >= max_model_len {self.max_model_len}"
-                out[i]["prompt_tokens"] = len(tok)
+            except Exception as err:
+                out[i]["error"] = f"tokenize: {short_error(err)}"
                 continue
             todo.append(i)
             ids.append(tok)
@@ -89,92 +81,66 @@ class _Engine:
             return self._generate(prompts, ids)
         except Exception as err:
             if len(prompts) == 1:
-                return [{"error": f"engine: {_short(err)}"}]
-            log.warning("batch of %d failed (%s); retrying row by row", len(prompts), _short(err))
+                return [{"error": f"engine: {short_error(err)}"}]
+            log.warning("batch of %d failed (%s); retrying row by row", len(prompts), short_error(err))
             return [self._generate_isolated([p], [t])[0] for p, t in zip(prompts, ids)]
 
 
-class _LocalTokenizerEngine(_Engine):
-    tokenizer: Any
+class _SharedEngine(_Engine):
+    """A local engine from `libra_ray.engines`; every row gets the benchmark's GenParams (seed included)."""
+
+    def __init__(self, engine, *, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+                 system_prompt: str | None):
+        super().__init__(system_prompt, max_tokens)
+        self.engine = engine
+        self.max_model_len = engine.max_model_len
+        self.params = GenParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed).check()
 
     def _prompt_ids(self, prompt: str) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            chat_messages(prompt, self.system_prompt), tokenize=False, add_generation_prompt=True
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = self.engine.chat_ids(prompt, self.system_prompt)
+        try:
+            self.engine.check_length(ids, self.params, clip_max_tokens=True)
+        except RequestError as err:
+            err.prompt_tokens = len(ids)
+            raise
+        return ids
+
+    def _generate(self, prompts, ids):
+        out = []
+        for res in self.engine.generate_batch(ids, [self.params] * len(ids)):
+            if "error" in res:
+                out.append({"error": f"engine: {res['error']['message']}"})
+            else:
+                out.append({"raw_text": res["text"], "prompt_tokens": res["prompt_tokens"],
+                            "completion_tokens": res["completion_tokens"]})
+        return out
 
 
-class VLLMEngine(_LocalTokenizerEngine):
+class VLLMEngine(_SharedEngine):
     """vLLM's offline `LLM` in this actor (CPU build or CUDA); prompts are sent as token ids."""
 
     def __init__(self, model: str, *, max_model_len: int, max_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True,
                  kv_cache_gib: int = 1, system_prompt: str | None = None):
-        super().__init__(system_prompt, max_tokens)
-        # vLLM's CPU backend sizes its KV cache from this variable (GiB); the default is too big here.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
-        from vllm import LLM, SamplingParams
+        from libra_ray.engines.vllm_engine import VLLMEngine as Shared
 
-        self.max_model_len = max_model_len
-        self.llm = LLM(model=model, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed)
-        self.tokenizer = self.llm.get_tokenizer()
-        self.sampling = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-
-    def _generate(self, prompts, ids):
-        outputs = self.llm.generate([{"prompt_token_ids": t} for t in ids], self.sampling, use_tqdm=False)
-        res = []
-        for o in outputs:
-            c = o.outputs[0]
-            res.append({"raw_text": c.text, "prompt_tokens": len(o.prompt_token_ids or []),
-                        "completion_tokens": len(c.token_ids)})
-        return res
+        engine = Shared(model, max_model_len=max_model_len, mode="batch", kv_cache_gib=kv_cache_gib,
+                        enforce_eager=enforce_eager, gpu_memory_utilization=gpu_memory_utilization,
+                        tensor_parallel_size=tensor_parallel_size, seed=seed)
+        super().__init__(engine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                         system_prompt=system_prompt)
 
 
-class TransformersEngine(_LocalTokenizerEngine):
+class TransformersEngine(_SharedEngine):
     """The fallback: `transformers.generate` in this actor (left padding, batched)."""
 
     def __init__(self, model: str, *, max_model_len: int, max_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, system_prompt: str | None = None, num_threads: int | None = None):
-        super().__init__(system_prompt, max_tokens)
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from libra_ray.engines.transformers_engine import TransformersEngine as Shared
 
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        self.torch = torch
-        self.max_model_len = max_model_len
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model).eval()
-        self.temperature, self.top_p, self.seed = temperature, top_p, seed
-
-    def _generate(self, prompts, ids):
-        torch = self.torch
-        width = max(len(t) for t in ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(t)) + t for t in ids])
-        attention = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in ids])
-        sample = self.temperature > 0
-        kwargs = dict(do_sample=sample, temperature=self.temperature, top_p=self.top_p) if sample else dict(do_sample=False)
-        if sample:
-            torch.manual_seed(self.seed)
-        with torch.inference_mode():
-            gen = self.model.generate(input_ids=input_ids, attention_mask=attention, pad_token_id=pad,
-                                      max_new_tokens=min(self.max_tokens, self.max_model_len - width), **kwargs)
-        res = []
-        eos = self.tokenizer.eos_token_id
-        for t, row in zip(ids, gen[:, width:].tolist()):
-            if eos in row:
-                row = row[: row.index(eos)]  # the stop token is not part of the completion (as in vLLM)
-            while row and row[-1] == pad:
-                row.pop()
-            res.append({"raw_text": self.tokenizer.decode(row, skip_special_tokens=True),
-                        "prompt_tokens": len(t), "completion_tokens": len(row)})
-        return res
+        super().__init__(Shared(model, max_model_len=max_model_len, num_threads=num_threads), max_tokens=max_tokens,
+                         temperature=temperature, top_p=top_p, seed=seed, system_prompt=system_prompt)
 
 
 class OpenAIEngine(_Engine):
@@ -193,3 +159,6 @@ class OpenAIEngine(_Engine):
         results = self.client.chat_many([chat_messages(p, self.system_prompt) for p in prompts], **self.params)
         return [{"raw_text": r.text, "reasoning": r.reasoning, "error": r.error,
                  "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens} for r in results]
+
+
+__all__ = ["OUTPUT_COLUMNS", "OpenAIEngine", "TransformersEngine", "VLLMEngine", "chat_messages"]

@@ -96,13 +96,15 @@ def _ray_data_llm_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig")
     """Ray's own vLLM batch processor; per-row errors via `should_continue_on_error`."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+    from libra_ray.engines.env import vllm_env
+
     b = cfg.bench
     config = vLLMEngineProcessorConfig(
         model_source=_local_model(cfg, model),
         engine_kwargs=dict(max_model_len=b.max_model_len, enforce_eager=b.enforce_eager,
                            gpu_memory_utilization=b.gpu_memory_utilization,
                            tensor_parallel_size=b.tensor_parallel_size, seed=b.seed),
-        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(b.kv_cache_gib)}},
+        runtime_env={"env_vars": vllm_env(b.kv_cache_gib)},
         batch_size=b.batch_size,
         concurrency=b.num_replicas,
         # On CPU the engine must ask for CPUs, not the default GPU bundle (which never schedules here).

@@ -20,16 +20,17 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 
 from libra_ray.credentials import get_credential
 from libra_ray.serve.config import ServeConfig, ServedModelConfig
-from libra_ray.serve.engines import GenParams, RequestError, params_from_request
+from libra_ray.engines.params import SEED_MAX, SEED_MIN
+from libra_ray.serve.engines import GenParams, RequestError, make_engine, params_from_request
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ class APIError(Exception):
 
 def _from_request_error(err: dict) -> APIError:
     e = err["error"]
-    return APIError(400, e["message"], e.get("type", "invalid_request_error"), e.get("code"), e.get("param"))
+    kind = e.get("type", "invalid_request_error")
+    # A request's own mistake is a 400; an engine failure on that one request (engine_failed) a 500.
+    return APIError(400 if kind == "invalid_request_error" else 500, e["message"], kind, e.get("code"), e.get("param"))
 
 
 # --------------------------------------------------------------------------- request schemas
@@ -62,27 +65,49 @@ class _Loose(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _not_bool(value: Any) -> Any:
+    # JSON true/false are not numbers (pydantic would read `max_tokens: true` as 1).
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Number = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+
+
+class ContentPart(_Loose):
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> "ContentPart":
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text content part needs a string 'text'")
+        return self
+
+
 class ChatMessage(_Loose):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+            return "".join(p.text or "" for p in self.content if p.type == "text")
         return self.content or ""
 
 
 class _Sampling(_Loose):
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=1, description="one choice per request")
+    max_tokens: Int | None = Field(default=None, ge=1)
+    max_completion_tokens: Int | None = Field(default=None, ge=1)
+    temperature: Number | None = Field(default=None, ge=0, le=2)
+    top_p: Number | None = Field(default=None, gt=0, le=1)
+    n: Int = Field(default=1, ge=1, le=1, description="one choice per request")
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
 
 
 class ChatRequest(_Sampling):
@@ -93,14 +118,57 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str]
 
 
+def _check_text(body: Any) -> None:
+    """400 for a string that is not valid Unicode (a lone surrogate such as "\\ud800" from JSON)."""
+    todo: list[tuple[str, Any]] = [("", body)]
+    while todo:  # iterative: the body may be nested deeply
+        path, value = todo.pop()
+        if isinstance(value, dict):
+            todo += [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+            todo += [(path, k) for k in value]
+        elif isinstance(value, list):
+            todo += [(f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value)]
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(400, f"{path or 'body'}: the string is not valid Unicode (a lone surrogate?)",
+                               code="invalid_value", param=path or None) from None
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "none"))
+
+
 def _validate(cls: type[BaseModel], body: Any) -> Any:
     try:
         return cls.model_validate(body)
     except ValidationError as err:
-        first = err.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        # The most specific error (a union reports one per branch; the deepest is the one that matters),
+        # its path without pydantic's union-branch tags ("messages.0.content.0.text").
+        first = max(err.errors(), key=lambda e: len(e["loc"]))
+        param = ".".join(str(p) for p in first["loc"] if not _is_union_tag(p)) or None
         raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], code="invalid_value",
                        param=param) from None
+
+
+def parse_body(raw: bytes) -> dict:
+    """The JSON object of a request body, or an OpenAI-format 400 (never a 5xx) for any malformed body."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise APIError(400, f"the request body is not UTF-8 ({err.reason} at byte {err.start})",
+                       code="invalid_json") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise APIError(400, f"the request body is not valid JSON ({err})", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    _check_text(body)
+    return body
 
 
 # --------------------------------------------------------------------------- auth
@@ -152,22 +220,16 @@ class ModelServer:
     def __init__(self, spec: dict):
         self.spec = ServedModelConfig.model_validate(spec)
         start = time.perf_counter()
-        if self.spec.engine == "vllm":
-            from libra_ray.serve.engines import VLLMEngine
-
-            self.engine = VLLMEngine(self.spec.path, self.spec.max_model_len, self.spec.vllm_kv_cache_gib,
-                                     self.spec.vllm_enforce_eager, self.spec.vllm_dtype)
-        else:
-            from libra_ray.serve.engines import TransformersEngine
-
-            self.engine = TransformersEngine(self.spec.path, self.spec.max_model_len, self.spec.torch_threads)
+        self.engine = make_engine(self.spec)
+        if self.spec.engine != "vllm":
             self._batched.set_max_batch_size(self.spec.max_batch_size)
             self._batched.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
         log.info("model %s (%s) ready in %.1f s", self.spec.name, self.spec.engine, time.perf_counter() - start)
 
     def _prepare(self, req: dict) -> tuple[list[int], GenParams]:
+        """Everything that can reject one request, done before it may join a batch."""
         prompt = self.engine.render_chat(req["messages"]) if req.get("messages") is not None else req["prompt"]
-        params = GenParams(**req["params"])
+        params = GenParams(**req["params"]).check()
         ids = self.engine.encode(prompt)
         self.engine.check_length(ids, params)
         return ids, params
@@ -262,13 +324,7 @@ class OpenAIIngress:
         raw = await request.body()
         if len(raw) > self.cfg.max_request_bytes:
             raise APIError(413, f"request body over {self.cfg.max_request_bytes} bytes", code="request_too_large")
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise APIError(400, f"the request body is not valid JSON ({err})", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object", code="invalid_json")
-        return body
+        return parse_body(raw)
 
     def _handle(self, model: str):
         if model not in self.models:

@@ -1,0 +1,99 @@
+"""The vLLM engine: one set of engine settings and sampling rules, two front ends.
+
+- `mode="batch"`: vLLM's offline `LLM` (a Ray Data actor calls `generate_batch` on a block of prompts);
+- `mode="async"`: vLLM's `AsyncLLM` (continuous batching; a Serve replica calls `generate`/`stream`).
+
+Each request gets its own `SamplingParams` (its own seed included), so batching never mixes them.
+Prompts go in as token ids made with the shared chat-template/tokenisation code.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from libra_ray.engines.base import Engine, prepare_tokenizer
+from libra_ray.engines.env import apply_vllm_env
+from libra_ray.engines.params import GenParams, engine_error, result
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine(Engine):
+    def __init__(self, model_path: str, *, max_model_len: int = 1024, mode: str = "batch", kv_cache_gib: int = 1,
+                 enforce_eager: bool = True, dtype: str = "auto", gpu_memory_utilization: float = 0.5,
+                 tensor_parallel_size: int = 1, seed: int = 0):
+        if mode not in ("batch", "async"):
+            raise ValueError(f"mode must be 'batch' or 'async', got {mode!r}")
+        apply_vllm_env(kv_cache_gib)  # before vLLM is imported
+        from vllm import SamplingParams
+
+        self.SamplingParams = SamplingParams
+        self.mode = mode
+        self.max_model_len = max_model_len
+        args = dict(model=model_path, max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype,
+                    gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+                    seed=seed)
+        if mode == "batch":
+            from vllm import LLM
+
+            self.llm = LLM(**args)
+        else:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(disable_log_stats=True, **args))
+        from transformers import AutoTokenizer
+
+        self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model_path))
+
+    def sampling(self, params: GenParams, max_tokens: int | None = None):
+        """This request's SamplingParams (greedy is temperature 0 in vLLM too)."""
+        greedy = params.greedy
+        return self.SamplingParams(max_tokens=max_tokens or params.max_tokens,
+                                   temperature=0.0 if greedy else params.temperature,
+                                   top_p=1.0 if greedy else params.top_p, stop=params.stop or None, seed=params.seed)
+
+    @staticmethod
+    def _result(prompt_ids: list[int], comp) -> dict:
+        reason = (comp.finish_reason if comp else None) or "length"
+        return result(comp.text if comp else "", len(prompt_ids), list(comp.token_ids) if comp else [],
+                      "stop" if reason in ("stop", "abort") else reason)
+
+    # ---- batch (offline LLM)
+    def _generate(self, prompts: list[list[int]], params: list[GenParams]) -> list[dict]:
+        if self.mode != "batch":
+            raise RuntimeError("generate_batch needs mode='batch'; use generate/stream in async mode")
+        sampling = [self.sampling(p, self.budget(t, p)) for t, p in zip(prompts, params)]
+        outputs = self.llm.generate([{"prompt_token_ids": t} for t in prompts], sampling, use_tqdm=False)
+        return [self._result(t, o.outputs[0] if o.outputs else None) for t, o in zip(prompts, outputs)]
+
+    # ---- async (AsyncLLM)
+    async def stream(self, prompt_ids: list[int], params: GenParams) -> AsyncIterator[dict]:
+        """Yield {"delta": str} as text arrives, then a final result dict."""
+        params.check()
+        sent, final = "", None
+        async for out in self.llm.generate({"prompt_token_ids": prompt_ids}, self.sampling(params), uuid.uuid4().hex):
+            comp = out.outputs[0]
+            if len(comp.text) > len(sent):
+                yield {"delta": comp.text[len(sent):]}
+                sent = comp.text
+            final = comp
+        yield self._result(prompt_ids, final)
+
+    async def generate(self, prompt_ids: list[int], params: GenParams) -> dict:
+        res = None
+        try:
+            async for item in self.stream(prompt_ids, params):
+                res = item
+        except Exception as err:  # this request only: the engine keeps serving the others
+            log.warning("vLLM request failed: %s", err)
+            return err.to_dict() if hasattr(err, "to_dict") else engine_error(err)
+        return res  # type: ignore[return-value]
+
+    def shutdown(self) -> None:
+        try:
+            self.llm.shutdown() if hasattr(self.llm, "shutdown") else None
+        except Exception:  # best effort on teardown
+            log.debug("vLLM shutdown failed", exc_info=True)
