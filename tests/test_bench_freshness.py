@@ -174,3 +174,15 @@ def test_real_engine_regenerates_after_a_new_checkpoint(ray_local, tmp_path, tin
     assert {r["gen_key"] for r in first}.isdisjoint(r["gen_key"] for r in second)
     assert [r["raw_text"] for r in first] != [r["raw_text"] for r in second]
     assert len(os.listdir(gen.generations_dir(cfg, "m"))) >= 2
+
+
+def test_new_decoding_version_regenerates(setup, monkeypatch):
+    """Answers made by an older decoding (stop set, padding, sampling) under the same model are stale."""
+    import libra_ray.engines as engines
+
+    cfg, fake, _ = setup
+    c = cfg()
+    gen.generate(c, c.bench.models[0])
+    monkeypatch.setattr(engines, "DECODING_VERSION", engines.DECODING_VERSION + 1)
+    out = gen.generate(c, c.bench.models[0])
+    assert out["generated"] == 6 and out["stale"] == 6

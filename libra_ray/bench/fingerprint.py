@@ -11,7 +11,7 @@ reusing old answers. The model identity is
   time (larger weight shards, where hashing would cost minutes);
 - a hub id: the id plus the revision in the local hub cache (`refs/main`), None when not cached;
 - an `openai` engine: the endpoint's base_url (or "embedded") and model name.
-Settings: engine, temperature, top_p, seed, max_tokens, system prompt, max_model_len.
+Settings: engine (and our decoding version), temperature, top_p, seed, max_tokens, system prompt, max_model_len.
 """
 
 from __future__ import annotations
@@ -88,7 +88,10 @@ def model_identity(cfg: "PipelineConfig", model: "BenchModelConfig") -> dict:
 def generation_fingerprint(cfg: "PipelineConfig", model: "BenchModelConfig") -> dict:
     """Everything besides the prompt that decides a generated answer, and its hash."""
     b = cfg.bench
-    settings = {"engine": model.engine, "model": model_identity(cfg, model), "temperature": b.temperature,
+    from libra_ray.engines import DECODING_VERSION
+
+    settings = {"engine": model.engine, "decoding": DECODING_VERSION if model.engine != "openai" else None,
+                "model": model_identity(cfg, model), "temperature": b.temperature,
                 "top_p": b.top_p, "seed": b.seed, "max_tokens": b.max_tokens, "system_prompt": b.system_prompt,
                 "max_model_len": b.max_model_len}
     return {"settings": settings, "hash": stable_hash(settings)}

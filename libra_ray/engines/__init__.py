@@ -10,9 +10,13 @@
 (torch, transformers, vllm) happen when an engine is constructed, not on import.
 """
 
-from libra_ray.engines.base import Engine, chat_messages
-from libra_ray.engines.env import apply_vllm_env, vllm_env
-from libra_ray.engines.params import GREEDY_MAX_TEMPERATURE, GenParams, RequestError, truncate_at_stop
+# Bump when decoding changes what an engine returns for the same model, prompt and settings (stop set,
+# padding, sampling): bench's generation key includes it, so stored answers of older decoding regenerate.
+DECODING_VERSION = 2
+
+from libra_ray.engines.base import Engine, chat_messages  # noqa: E402
+from libra_ray.engines.env import apply_vllm_env, vllm_env  # noqa: E402
+from libra_ray.engines.params import GREEDY_MAX_TEMPERATURE, GenParams, RequestError, truncate_at_stop  # noqa: E402
 
 
 def __getattr__(name):  # lazy: importing the package must not import torch
