@@ -47,6 +47,24 @@ def server(tiny_model_path):
         yield srv, loop.run_until_complete
     finally:
         loop.close()
+        _reset_serve_batch_queues(ModelServer.func_or_class)
+
+
+def _reset_serve_batch_queues(cls) -> None:
+    """@serve.batch builds its queue (asyncio objects) on first use and keeps it in the decorated method's
+    closure: reset it, or later tests in this process can no longer pickle the deployment for Serve."""
+    from ray.serve.batching import _LazyBatchQueueWrapper
+
+    def reset(fn, depth: int = 0) -> None:  # the wrapper sits a few closures deep
+        for cell in (getattr(fn, "__closure__", None) or ()) if depth < 4 else ():
+            inner = cell.cell_contents
+            if isinstance(inner, _LazyBatchQueueWrapper):
+                inner._queue = None
+            elif callable(inner):
+                reset(inner, depth + 1)
+
+    for fn in vars(cls).values():
+        reset(fn)
 
 
 def _serve_request(prompt, **params):
