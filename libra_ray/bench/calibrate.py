@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from libra_ray.bench.config import REFUSAL_JUDGE_IDS
 from libra_ray.bench.detect import LABELS, Detection, get_detector, offline_detector_names
 from libra_ray.bench.scores import wilson
 
@@ -40,7 +41,7 @@ LABEL_ALIASES: dict[str, str] = {
     "refusal": "refusal", "full_refusal": "refusal", "2_full_refusal": "refusal",
     "partial": "partial", "partial_refusal": "partial", "3_partial_refusal": "partial",
 }
-REFUSAL_JUDGES = ("refusal_3class_v1", "refusal_3class_v2", "synthesis_route_v1", "harmful_v1")
+REFUSAL_JUDGES = REFUSAL_JUDGE_IDS
 ERROR_TEXT_CHARS = 160
 # l2 of the shipped head, chosen by 5-fold CV (grouped by prompt) on the dev set (libra_ray/bench/README.md).
 DEFAULT_L2 = 1e-3

@@ -11,6 +11,8 @@ from libra_ray.llm.config import EndpointConfig
 from libra_ray.seeds.catalogue import CLASSES
 
 JUDGE_PROMPT_IDS = ("synthesis_route_v1", "refusal_3class_v1", "refusal_3class_v2", "harmful_v1", "utility_ref_v1")
+# The judges whose label says refused-or-not (utility_ref scores quality instead).
+REFUSAL_JUDGE_IDS = ("refusal_3class_v1", "refusal_3class_v2", "synthesis_route_v1", "harmful_v1")
 
 class BenchModelConfig(StrictModel):
     """One model under test. `path` "trained" = this run's trained model; "tiny" = the tiny model.

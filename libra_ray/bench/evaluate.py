@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from libra_ray.bench.config import REFUSAL_JUDGE_IDS
 from libra_ray.bench.fingerprint import stable_hash
 from libra_ray.bench.judge import get_judge_prompt, judge_texts, refused_by_judge
 from libra_ray.bench.rules import rule_refused
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REASONING_PROMPT = "synthesis_route_v1"
-REFUSAL_JUDGES = ("synthesis_route", "refusal_3class", "harmful")  # judges whose label decides refused
 # Bump when the evaluation logic changes what a stored evaluation means.
 EVALUATION_VERSION = 2
 
@@ -61,7 +61,7 @@ def _judge_column(client: Any, prompt_id: str, texts: dict[int, str], bench: "Be
 
 def decider_prompt(bench: "BenchConfig") -> str | None:
     """The first refusal judge configured: its label decides `judge_refused` (utility scoring never does)."""
-    return next((p for p in bench.judge_prompts if p.startswith(REFUSAL_JUDGES)), None)
+    return next((p for p in bench.judge_prompts if p in REFUSAL_JUDGE_IDS), None)
 
 
 def evaluation_settings(bench: "BenchConfig", detector: Any) -> dict:
