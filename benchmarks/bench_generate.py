@@ -112,7 +112,7 @@ def _bench_pipeline(args, engine: str, tmp: Path) -> dict:
     pq.write_table(pa.Table.from_pylist(rows), tmp / "prompts.parquet")
     cfg = load_config(None, [f"storage={tmp / engine}", f"cache_dir={args.cache_dir}", f"bench.prompts={tmp / 'prompts.parquet'}",
                              f"bench.max_tokens={args.max_tokens}", f"bench.max_model_len={args.max_model_len}",
-                             f"bench.batch_size={args.prompts}", f"bench.num_gpus_per_replica={args.num_gpus}",
+                             f"bench.batch_size={args.prompts}", f"bench.num_gpus={args.num_gpus}",
                              f"bench.gpu_memory_utilization={args.gpu_memory_utilization}",
                              f"bench.models=[{{name: m, engine: {engine}, path: '{args.model}'}}]"])
     t0 = time.perf_counter()

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     per_level = 16 if args.quick else 64
     cfg = load_config(None, ["ray.num_cpus=2", "serve.port=0", f"serve.policy.path={args.model}",
                              "serve.policy.num_cpus=0.5", "serve.judge.num_cpus=0.25",
-                             f"serve.policy.vllm_dtype={args.vllm_dtype}",
+                             f"serve.policy.dtype={args.vllm_dtype}",
                              f"cache_dir={ROOT / '.cache' / 'libra_ray'}", "storage=/tmp/libra_ray_bench_serve"])
     model_path = resolve_model(args.model, cfg)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -251,7 +251,7 @@ def bench_synth_stage(server, in_flight: int, waves: int, tmp: str, tag: str, rp
     compounds = max(1, math.ceil(seeds_needed / 2))  # 2 forms per compound
     overrides = [f"storage={tmp}", f"name={tag}", f"synth.teacher.base_url={server.base_url}",
                  f"synth.num_legitimate={compounds // 2 + compounds % 2}", f"synth.num_illegitimate={compounds // 2}",
-                 "synth.n_prompt=1", "synth.n_chosen=1", "synth.n_rejected=1", f"synth.concurrency={actors}",
+                 "synth.n_prompt=1", "synth.n_chosen=1", "synth.n_rejected=1", f"synth.replicas={actors}",
                  f"synth.batch_size={max(1, math.ceil(per_actor / 3))}", f"synth.teacher.max_concurrency={per_actor}",
                  "synth.teacher.api_key_env=null", "synth.teacher.max_retries=20", f"synth.seed={time.time_ns() % 10**6}",
                  f"synth.teacher.learn_rate_limit={str(learn).lower()}"]

@@ -45,11 +45,11 @@ def write_dataset(folder: Path, rows: int, answer_words: int) -> Path:
 def overrides(args, storage: str, dataset: Path, mode: str) -> list[str]:
     return [
         f"storage={storage}", f"cache_dir={args.cache_dir}", f"name=bench-{mode}",
-        f"train.model={args.model}", f"train.dataset={dataset}", f"train.num_workers={args.workers}",
-        f"train.per_device_batch_size={args.batch}", f"train.max_steps={args.steps}",
+        f"train.model={args.model}", f"train.dataset={dataset}", f"train.replicas={args.workers}",
+        f"train.per_device_train_batch_size={args.batch}", f"train.max_steps={args.steps}",
         f"train.save_steps={args.steps}", f"train.max_length={args.max_length}",
         f"train.precision={args.precision}", f"train.use_gpu={str(args.use_gpu).lower()}",
-        f"train.cpus_per_worker={args.cpus_per_worker}", f"train.lora.enabled={str(args.lora).lower()}",
+        f"train.num_cpus={args.cpus_per_worker}", f"train.lora.enabled={str(args.lora).lower()}",
         f"train.deepspeed={'null' if mode == 'none' else mode}", "train.max_failures=0",
     ]
 

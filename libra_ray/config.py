@@ -30,26 +30,30 @@ class ConfigError(ValueError):
 class RayConfig(StrictModel):
     """How to reach Ray. `address` None means: `RAY_ADDRESS` if set, else a local embedded cluster."""
 
-    address: str | None = None
-    num_cpus: int | None = Field(default=None, ge=1, description="local cluster only")
-    num_gpus: int | None = Field(default=None, ge=0, description="local cluster only")
-    namespace: str = "libra_ray"
-    include_dashboard: bool = False
-    # Extra runtime_env for every task (env vars by name only; secrets stay in the environment).
-    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    address: str | None = Field(default=None, description="Ray address (ray://HOST:10001, auto, ...); null = "
+                                "RAY_ADDRESS if set, else a local embedded cluster")
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local cluster (local cluster only; "
+                                 "null = all)")
+    num_gpus: int | None = Field(default=None, ge=0, description="GPUs of the local cluster (local cluster only; "
+                                 "null = all)")
+    namespace: str = Field(default="libra_ray", description="Ray namespace of the run's actors and Serve app")
+    include_dashboard: bool = Field(default=False, description="start the dashboard with the local cluster")
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="extra Ray runtime_env for every task "
+                                        "(env vars by name only: secrets stay in the environment)")
 
 
 class TinyModelConfig(StrictModel):
     """The tiny Llama built locally (no hub here). Used wherever a model is `"tiny"`."""
 
-    seed: int = 0
-    hidden_size: int = Field(default=128, ge=32)
-    num_layers: int = Field(default=2, ge=1)
-    num_heads: int = Field(default=4, ge=1)
-    num_kv_heads: int = Field(default=2, ge=1)
-    intermediate_size: int = Field(default=256, ge=8)
-    vocab_size: int = Field(default=1024, ge=300)
-    max_position_embeddings: int = Field(default=1024, ge=64)
+    seed: int = Field(default=0, description="weight-init seed (the model is deterministic from its config)")
+    hidden_size: int = Field(default=128, ge=32, description="Llama hidden size")
+    num_layers: int = Field(default=2, ge=1, description="decoder layers")
+    num_heads: int = Field(default=4, ge=1, description="attention heads (hidden_size / num_heads must be a head "
+                           "size vLLM's CPU attention supports)")
+    num_kv_heads: int = Field(default=2, ge=1, description="key/value heads (grouped-query attention)")
+    intermediate_size: int = Field(default=256, ge=8, description="MLP width")
+    vocab_size: int = Field(default=1024, ge=300, description="byte-level BPE vocabulary size")
+    max_position_embeddings: int = Field(default=1024, ge=64, description="longest context")
 
     @field_validator("num_heads")
     @classmethod
@@ -68,12 +72,12 @@ class PretrainedTinyConfig(TinyModelConfig):
     """The tiny Llama pretrained on facts about every catalogue compound (`model: tiny-pretrained`):
     the embedded default's base model, which knows what a compound is (see libra_ray.train.pretrain)."""
 
-    hidden_size: int = Field(default=128, ge=32)
-    num_layers: int = Field(default=3, ge=1)
-    num_heads: int = Field(default=4, ge=1)
-    num_kv_heads: int = Field(default=2, ge=1)
-    intermediate_size: int = Field(default=384, ge=8)
-    vocab_size: int = Field(default=2048, ge=300)
+    hidden_size: int = Field(default=128, ge=32, description="Llama hidden size")
+    num_layers: int = Field(default=3, ge=1, description="decoder layers")
+    num_heads: int = Field(default=4, ge=1, description="attention heads")
+    num_kv_heads: int = Field(default=2, ge=1, description="key/value heads (grouped-query attention)")
+    intermediate_size: int = Field(default=384, ge=8, description="MLP width")
+    vocab_size: int = Field(default=2048, ge=300, description="byte-level BPE vocabulary size")
     epochs: int = Field(default=10, ge=1, description="passes over the fact corpus")
     batch_size: int = Field(default=32, ge=1, description="packed windows per step")
     seq_len: int = Field(default=128, ge=16, description="tokens per packed window")
@@ -84,18 +88,19 @@ class PretrainedTinyConfig(TinyModelConfig):
 class PipelineConfig(StrictModel):
     """The whole run. Stage outputs live under `{storage}/{name}/` (a local path or a pyarrow URI)."""
 
-    name: str = "quickstart"
-    storage: str = "./runs"
-    # Where built artefacts that are not run outputs go (tiny model, DeepSpeed extension cache).
-    cache_dir: str = "./.cache/libra_ray"
-    ray: RayConfig = Field(default_factory=RayConfig)
-    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    name: str = Field(default="quickstart", description="run name: outputs go to {storage}/{name}/")
+    storage: str = Field(default="./runs", description="where runs are written: a local path or a pyarrow URI "
+                         "(s3://, gs://, ...) that every node can reach")
+    cache_dir: str = Field(default="./.cache/libra_ray", description="built artefacts that are not run outputs "
+                           "(tiny models, DeepSpeed extension cache, call caches)")
+    ray: RayConfig = Field(default_factory=RayConfig, description="how to reach Ray")
+    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig, description="the random tiny model ('tiny')")
     tiny_pretrained: PretrainedTinyConfig = Field(default_factory=PretrainedTinyConfig,
                                                   description="the pretrained tiny base model ('tiny-pretrained')")
-    synth: SynthConfig = Field(default_factory=SynthConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    bench: BenchConfig = Field(default_factory=BenchConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig, description="stage 1: synthesis of preference triplets")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="stage 2: SFT + DPO on Ray Train")
+    bench: BenchConfig = Field(default_factory=BenchConfig, description="stage 3: generation and refusal scoring")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="stage 4: the OpenAI-compatible Serve app")
 
     _folder_name = field_validator("name")(folder_name)
 
@@ -160,6 +165,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
+    renamed = [item for item in err.errors() if item["type"] == "renamed_key"]
+    if renamed:  # an old key: one line that names the new one (other problems show once it is fixed)
+        def path(item, key):
+            return ".".join([*(str(p) for p in item["loc"]), key])
+        return f"{source}: " + "; ".join(f"{path(i, i['ctx']['old'])} was renamed to {path(i, i['ctx']['new'])}"
+                                         for i in renamed)
     lines = [f"invalid config ({source}):"]
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"]) or "<root>"

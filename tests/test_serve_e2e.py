@@ -42,7 +42,7 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(ray_loca
             "target_ongoing_requests=1")
     cfg = load_config(None, [
         f"storage={tmp_path}", f"cache_dir={CACHE}", "serve.port=0", "serve.policy.path=tiny",
-        "serve.policy.num_cpus=0.25", "serve.judge.num_cpus=0.25", "serve.ingress_num_cpus=0.1",
+        "serve.policy.num_cpus=0.25", "serve.judge.num_cpus=0.25", "serve.ingress.num_cpus=0.1",
         "serve.policy.autoscaling.min_replicas=1", "serve.policy.autoscaling.max_replicas=2",
         # The judge scales to zero when idle and back up on demand.
         "serve.judge.autoscaling.min_replicas=0", "serve.judge.autoscaling.max_replicas=1",
@@ -154,7 +154,7 @@ def test_vllm_engine_behind_the_same_api(ray_local, tmp_path):
     cfg = load_config(None, [
         f"storage={tmp_path}", f"cache_dir={CACHE}", "serve.port=0", "serve.policy.path=tiny",
         "serve.policy.engine=vllm", "serve.policy.num_cpus=0.5", "serve.policy.max_model_len=256",
-        "serve.policy.vllm_dtype=float32",  # the transformers engine runs float32: same numerics
+        "serve.policy.dtype=float32",  # the transformers engine runs float32: same numerics
         "serve.judge.num_cpus=0.25", "serve.policy.autoscaling.max_replicas=1",
     ])
     with serving(cfg) as app:

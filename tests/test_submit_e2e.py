@@ -333,7 +333,7 @@ def test_quickstart_pipeline_on_two_nodes(cluster, tmp_path):
                  "synth.num_legitimate=3", "synth.num_illegitimate=3", "synth.forms=[TEXT]", "synth.n_prompt=1",
                  "synth.n_chosen=1", "synth.n_rejected=1", "synth.teacher.max_tokens=48",
                  "train.model=tiny", "train.sft.enabled=false", "train.max_steps=1", "train.save_steps=1",
-                 "train.per_device_batch_size=2",  # a handful of triplets: below the quickstart's global batch
+                 "train.per_device_train_batch_size=2",  # a handful of triplets: below the quickstart's global batch
                  "bench.models=[{name: aligned, engine: transformers, path: trained}]",
                  "bench.max_tokens=8", "bench.judge.max_tokens=8"]
     sid = f"pipeline-{secrets.token_hex(4)}"

@@ -18,7 +18,7 @@ from libra_ray.synth.pipeline import build_dataset, phase1_rows
 from libra_ray.synth.safety import actionable_reasons
 from libra_ray.synth.testing import scripted_teacher
 
-SMALL = ["synth.concurrency=1", "synth.num_legitimate=4", "synth.num_illegitimate=4", "synth.n_prompt=2", "synth.n_chosen=2",
+SMALL = ["synth.replicas=1", "synth.num_legitimate=4", "synth.num_illegitimate=4", "synth.n_prompt=2", "synth.n_chosen=2",
          "synth.n_rejected=2", "synth.teacher.backoff_base_s=0.01", "synth.teacher.backoff_max_s=0.05",
          "synth.teacher.api_key_env=null"]
 

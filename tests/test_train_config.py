@@ -28,7 +28,7 @@ ROW = {"prompt": "Tell me the steps of synthesizing sarin.", "chosen": "I cannot
     ("train.deepspeed=zero9", "zero2, zero3, zero3_offload"),
     ("train.loss_type=[sigmoid, nope]", "unknown DPO loss"),
     ("train.precision=fp16", "needs a GPU"),
-    ("train.gpus_per_worker=1", "use_gpu"),
+    ("train.num_gpus=1", "use_gpu"),
     ("train.max_steps=0", "must be >= 1"),
     ("train.beta=-1", "greater than 0"),
 ])

@@ -30,7 +30,7 @@ def train_cfg(tmp_path, tiny_model_path):
     def make(*overrides):
         return load_config(None, [f"storage={tmp_path / 'runs'}", f"cache_dir={cache}", f"train.dataset={data}",
                                   "train.max_length=96", "train.learning_rate=1e-3", "train.max_steps=6",
-                                  "train.save_steps=3", "train.num_workers=2", *overrides])
+                                  "train.save_steps=3", "train.replicas=2", *overrides])
     return make
 
 
@@ -84,7 +84,7 @@ def assert_trained(summary, cfg, steps):
 def test_more_workers_than_the_cluster_fails_fast(ray_local, train_cfg):
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"CPU: need 3 \(3 workers\), cluster has 2"):
-        run(train_cfg("train.num_workers=3"))
+        run(train_cfg("train.replicas=3"))
     with pytest.raises(ConfigError, match=r"GPU: need 2 \(2 workers\), cluster has 0"):
         run(train_cfg("train.use_gpu=true"))
     assert time.perf_counter() - start < 30
@@ -98,7 +98,7 @@ def test_bad_inputs_fail_before_workers_start(ray_local, train_cfg, tmp_path):
         run(train_cfg(f"train.dataset={tmp_path / 'bad.parquet'}"))
     write_train_set(tmp_path / "small", n=3 * 8)  # 24 rows is fewer than 2 workers x 16
     with pytest.raises(ConfigError, match=r"24 rows is fewer than one global batch \(2 workers x 16\)"):
-        run(train_cfg(f"train.dataset={tmp_path / 'small'}", "train.per_device_batch_size=16"))
+        run(train_cfg(f"train.dataset={tmp_path / 'small'}", "train.per_device_train_batch_size=16"))
     import importlib.util
 
     if importlib.util.find_spec("wandb") is None:

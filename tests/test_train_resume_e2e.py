@@ -51,7 +51,7 @@ def test_driver_killed_mid_run_then_rerun_resumes(tmp_path, tiny_model_path):
     data = write_train_set(tmp_path / "data" / "train")
     overrides = [f"storage={tmp_path / 'runs'}", f"cache_dir={tiny_model_path.parent}", f"train.dataset={data}",
                  "train.max_length=96", "train.learning_rate=1e-3", f"train.max_steps={MAX_STEPS}",
-                 "train.save_steps=3", "train.num_workers=2", "ray.num_cpus=2"]
+                 "train.save_steps=3", "train.replicas=2", "ray.num_cpus=2"]
     cfg = load_config(None, overrides)
     ray_tmp = tempfile.mkdtemp(prefix="lrk", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, "HF_HUB_OFFLINE": "1",

@@ -20,10 +20,17 @@ from libra_ray.engines.params import GenParams, engine_error, result
 log = logging.getLogger(__name__)
 
 
+def vllm_engine_args(model_path: str, *, engine_kwargs: dict | None = None, **ours) -> dict:
+    """vLLM engine arguments: ours, then the user's `engine_kwargs` over them (configs refuse a `model` there)."""
+    return {"model": model_path, **ours, **(engine_kwargs or {})}
+
+
 class VLLMEngine(Engine):
     def __init__(self, model_path: str, *, max_model_len: int = 1024, mode: str = "batch", kv_cache_gib: int = 1,
                  enforce_eager: bool = True, dtype: str = "auto", gpu_memory_utilization: float = 0.5,
-                 tensor_parallel_size: int = 1, seed: int = 0):
+                 tensor_parallel_size: int = 1, seed: int = 0, engine_kwargs: dict | None = None):
+        """`engine_kwargs`: any further vLLM engine arguments (`LLM(...)` / `AsyncEngineArgs`), merged over
+        the settings above, like `ray.data.llm`'s `vLLMEngineProcessorConfig.engine_kwargs`."""
         if mode not in ("batch", "async"):
             raise ValueError(f"mode must be 'batch' or 'async', got {mode!r}")
         apply_vllm_env(kv_cache_gib)  # before vLLM is imported
@@ -31,10 +38,10 @@ class VLLMEngine(Engine):
 
         self.SamplingParams = SamplingParams
         self.mode = mode
-        self.max_model_len = max_model_len
-        args = dict(model=model_path, max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype,
-                    gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
-                    seed=seed)
+        args = vllm_engine_args(model_path, max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype,
+                                gpu_memory_utilization=gpu_memory_utilization,
+                                tensor_parallel_size=tensor_parallel_size, seed=seed, engine_kwargs=engine_kwargs)
+        self.max_model_len = args["max_model_len"]  # the user's engine_kwargs may have raised it
         if mode == "batch":
             from vllm import LLM
 
@@ -43,7 +50,7 @@ class VLLMEngine(Engine):
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
-            self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(disable_log_stats=True, **args))
+            self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**{"disable_log_stats": True, **args}))
         from transformers import AutoTokenizer
 
         self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model_path))

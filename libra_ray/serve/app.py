@@ -517,7 +517,7 @@ def build_app(models: list[ServedModelConfig], cfg: ServeConfig):
             logging_config={"enable_access_log": cfg.access_log},
         ).bind(m.model_dump())
     ingress = OpenAIIngress.options(
-        name="ingress", num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        name="ingress", num_replicas=cfg.ingress.replicas, ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
         logging_config={"enable_access_log": cfg.access_log},
     )
     return ingress.bind(handles, {m.name: m.max_tokens_limit for m in models}, cfg.model_dump(), load_key_hashes(cfg))

@@ -186,13 +186,13 @@ def _trainer_args(kind: str, t: dict, c: dict, output_dir: str, on_gpu: bool):
 
     common: dict[str, Any] = dict(
         output_dir=output_dir,
-        per_device_train_batch_size=t["per_device_batch_size"],
+        per_device_train_batch_size=t["per_device_train_batch_size"],
         gradient_accumulation_steps=t["gradient_accumulation_steps"],
         learning_rate=c["learning_rate"],
-        lr_scheduler_type=t["lr_scheduler"],
-        warmup_steps=t["warmup_ratio"],  # a float < 1 is a ratio of the total steps
+        lr_scheduler_type=t["lr_scheduler_type"],
+        warmup_steps=t["warmup_steps"] if t["warmup_steps"] < 1 else int(t["warmup_steps"]),  # < 1: a ratio of all steps
         max_steps=c["max_steps"],
-        num_train_epochs=t["num_epochs"],
+        num_train_epochs=t["num_train_epochs"],
         logging_steps=t["logging_steps"],
         save_strategy="steps",
         save_steps=t["save_steps"],
@@ -245,7 +245,7 @@ def train_loop_per_worker(config: dict) -> None:
     on_gpu = bool(t["use_gpu"]) and torch.cuda.is_available()
     if t["use_gpu"] and not on_gpu:
         raise RuntimeError("train.use_gpu is set but this worker sees no CUDA device")
-    torch.set_num_threads(max(1, int(t["cpus_per_worker"])))
+    torch.set_num_threads(max(1, int(t["num_cpus"])))
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -294,7 +294,7 @@ def train_loop_per_worker(config: dict) -> None:
         from peft import LoraConfig
 
         lora = t["lora"]
-        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
                                  target_modules=lora["target_modules"], task_type="CAUSAL_LM")
 
     tracker = None
