@@ -218,3 +218,43 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def dump_config(cfg: PipelineConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _choices(annotation: Any) -> tuple[str, ...]:
+    """The allowed values of a Literal field (also inside list[...] or Optional[...]), else ()."""
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return tuple(str(a) for a in get_args(annotation))
+    return tuple(c for arg in get_args(annotation) for c in _choices(arg))
+
+
+def _yaml_scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True).strip()
+    return text[:-4].rstrip() if text.endswith("\n...") else text
+
+
+def documented_config(cfg: StrictModel, indent: int = 0, width: int = 100) -> str:
+    """`cfg` as YAML with each key's description (and choices) as a comment above it: what
+    `libra-ray config` prints and what the README's config reference is generated from. It loads back
+    to the same config."""
+    import textwrap
+
+    pad, lines = " " * indent, []
+    values = cfg.model_dump(mode="json")
+    for name, field in type(cfg).model_fields.items():
+        doc = field.description or ""
+        choices = _choices(field.annotation)
+        if choices and not all(c in doc for c in choices):
+            doc += f" (one of: {', '.join(choices)})"
+        lines += [f"{pad}# {line}" for line in textwrap.wrap(doc, max(40, width - indent - 2), break_on_hyphens=False)]
+        value = getattr(cfg, name)
+        if isinstance(value, StrictModel):
+            lines += [f"{pad}{name}:", documented_config(value, indent + 2, width)]
+        elif isinstance(value, list) and value and all(isinstance(v, StrictModel) for v in value):
+            lines.append(f"{pad}{name}:")
+            for item in value:
+                lines += [f"{pad}  -", documented_config(item, indent + 4, width)]
+        else:
+            lines.append(f"{pad}{name}: {_yaml_scalar(values[name])}")
+    return "\n".join(lines)
