@@ -111,7 +111,7 @@ def test_clear_errors_for_missing_inputs(tmp_path):
         gen._local_model(cfg, cfg.bench.models[0])
     with pytest.raises(ConfigError, match="engine 'openai' needs an endpoint"):
         load_config(None, ["bench.models=[{name: x, engine: openai}]"])
-    with pytest.raises(ConfigError, match="unknown judge prompt"):
+    with pytest.raises(ConfigError, match="bench.judge_prompts.0: Input should be .synthesis_route_v1."):
         load_config(None, ["bench.judge_prompts=[synthesis_route_v9]"])
     with pytest.raises(ConfigError, match="must be unique"):
         load_config(None, ["bench.models=[{name: a, path: tiny}, {name: a, path: tiny}]"])
