@@ -59,6 +59,10 @@ class ServedModelConfig(StrictModel):
     vllm_kv_cache_gib: int = Field(default=1, ge=1)
     vllm_enforce_eager: bool = True
     vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    vllm_server: Literal["ray_serve_llm", "libra"] = Field(
+        default="ray_serve_llm",
+        description="engine 'vllm' only: the deployment that runs vLLM. 'ray_serve_llm' = Ray Serve LLM's "
+                    "LLMServer (ray.serve.llm) behind our ingress; 'libra' = our ModelServer with vLLM's AsyncLLM")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
 
     @field_validator("name")
