@@ -58,7 +58,7 @@ def test_completion_request_carries_each_requests_own_sampling_settings():
 
     from libra_ray.serve.ray_llm import completion_request
 
-    greedy = CompletionRequest(**completion_request("policy", [5, 6], GenParams(max_tokens=4, temperature=0, top_p=0.5,
+    greedy = CompletionRequest(**completion_request("policy", [5, 6], GenParams(max_tokens=4, temperature=1e-6, top_p=0.5,
                                                                                seed=3, stop=["x"]), stream=False))
     assert (greedy.prompt, greedy.max_tokens, greedy.temperature, greedy.top_p, greedy.seed) == ([5, 6], 4, 0.0, 1.0, 3)
     assert greedy.stop == ["x"] and greedy.stream_options is None
