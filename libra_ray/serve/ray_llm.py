@@ -41,11 +41,12 @@ def engine_kwargs(spec: ServedModelConfig) -> dict:
     return {**kwargs, **(getattr(spec, "engine_kwargs", None) or {})}
 
 
-def llm_config(spec: ServedModelConfig, access_log: bool = True) -> LLMConfig:
+def llm_config(spec: ServedModelConfig) -> LLMConfig:
     """The `ray.serve.llm.LLMConfig` of one served model (path already resolved).
 
     On a CPU box (num_gpus 0) the engine gets one placement bundle of `num_cpus` CPUs and the replica
-    actor none of its own (it shares the bundle); on GPUs Ray's defaults apply (one GPU per engine worker).
+    actor none of its own (it shares the bundle); on GPUs Ray's defaults apply (one GPU per engine worker;
+    tensor parallelism via the engine arguments), the replica actor gets `num_cpus`.
     """
     deployment: dict[str, Any] = {
         "autoscaling_config": spec.autoscaling.to_serve(),
