@@ -2,7 +2,9 @@
 
 Side by side on the same model (the tiny Llama unless --model) and the same 127.0.0.1 load:
 - `serve-transformers`: our Serve app (ingress + transformers engine with dynamic batching);
-- `serve-vllm`: our Serve app with the vLLM engine (AsyncLLM in the replica);
+- `serve-vllm`: our Serve app with the vLLM engine on Ray Serve LLM's `LLMServer` (the default);
+- `serve-vllm-asyncllm`: our Serve app with the vLLM engine in our own `ModelServer` (AsyncLLM in the replica);
+- `ray-serve-llm`: Ray Serve LLM as shipped (`build_openai_app`: Ray's ingress + `LLMServer`), same engine settings;
 - `vllm-api-server`: vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`), the
   reference for what Serve's extra hops (proxy -> ingress -> engine replica) cost.
 Then a step load against an autoscaled Serve deployment (1 -> 2 replicas): seconds until the second
@@ -132,6 +134,45 @@ def bench_vllm_api_server(model_path: str, levels, per_level, max_tokens, dtype:
     return {"ready_s": round(ready, 1), "levels": rows}
 
 
+def bench_ray_serve_llm(cfg, model_path: str, levels, per_level, max_tokens) -> dict:
+    """Ray Serve LLM as shipped (`ray.serve.llm.build_openai_app`: Ray's `OpenAiIngress` + `LLMServer`),
+    with the same vLLM engine settings and resources as our app's vLLM model (`ray_llm.llm_config`)."""
+    import httpx
+    from ray import serve
+    from ray.serve.llm import build_openai_app
+
+    from libra_ray.serve.ray_llm import llm_config
+    from libra_ray.serve.server import ensure_serve
+
+    spec = cfg.serve.policy.model_copy(update={"engine": "vllm", "path": model_path})
+    spec.autoscaling.max_replicas = 1
+    app = build_openai_app({"llm_configs": [llm_config(spec)],
+                            "ingress_deployment_config": {"ray_actor_options": {"num_cpus": cfg.serve.ingress.num_cpus}}})
+    t0 = time.perf_counter()
+    host, port, started = ensure_serve("127.0.0.1", 0)
+    name, root = "ray_serve_llm", f"http://127.0.0.1:{port}/ray-serve-llm"
+    try:
+        serve.run(app, name=name, route_prefix="/ray-serve-llm", blocking=False)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # ready = it answers a chat request (the engine is up)
+            try:
+                r = httpx.post(f"{root}/v1/chat/completions", timeout=30, json={"model": "policy", "messages": PROMPT,
+                                                                                "max_tokens": 1})
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        ready = time.perf_counter() - t0
+        print(f"ray-serve-llm: ready in {ready:.1f} s", flush=True)
+        rows = sweep(f"{root}/v1", "policy", levels, per_level, max_tokens)
+    finally:
+        serve.delete(name)
+        if started:
+            serve.shutdown()
+    return {"ready_s": round(ready, 1), "levels": rows, "load_average": os.getloadavg()[0]}
+
+
 def bench_scale_out(cfg, concurrency: int, max_tokens: int) -> dict:
     """Step load from 0 to `concurrency` in flight; time until the policy has 2 RUNNING replicas."""
     from libra_ray.serve import serving
@@ -183,6 +224,21 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def ray_serve_llm_line(results: dict) -> str:
+    """One line: Ray Serve LLM as shipped and our app on it, per concurrency, vs vLLM's own server."""
+    servers = results["servers"]
+    ref = {r["concurrency"]: r["req_per_s"] for r in servers.get("vllm-api-server", {}).get("levels", [])}
+    parts = []
+    for name in ("ray-serve-llm", "serve-vllm", "serve-vllm-asyncllm"):
+        for r in servers.get(name, {}).get("levels", []):
+            base = ref.get(r["concurrency"])
+            parts.append(f"{name} c={r['concurrency']} {r['req_per_s'] / base:.2f}x" if base else
+                         f"{name} c={r['concurrency']} {r['req_per_s']} req/s")
+    return (f"ray.serve.llm rows, req/s vs vllm-api-server: {'; '.join(parts) or 'not run'} "
+            f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {results['machine']}, "
+            f"load average at start {results['load_average_at_start']:.2f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer levels and requests (< ~4 min here)")
@@ -191,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vllm-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="dtype of both vLLM servers (auto = bfloat16 on CPU; transformers runs float32)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["serve-transformers", "serve-vllm",
-                                                                   "vllm-api-server", "scale-out"])
+                                                                   "vllm-api-server", "scale-out",
+                                                                   "serve-vllm-asyncllm", "ray-serve-llm"])
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -220,11 +277,20 @@ def main(argv: list[str] | None = None) -> int:
         for engine in ("transformers", "vllm"):
             if f"serve-{engine}" not in args.skip:
                 results["servers"][f"serve-{engine}"] = bench_serve_app(cfg, engine, levels, per_level, args.max_tokens)
+        if "serve-vllm-asyncllm" not in args.skip:  # our app's other vLLM path: ModelServer + AsyncLLM
+            libra = cfg.model_copy(deep=True)
+            libra.serve.policy.vllm_server = "libra"
+            results["servers"]["serve-vllm-asyncllm"] = bench_serve_app(libra, "vllm", levels, per_level,
+                                                                        args.max_tokens)
+        if "ray-serve-llm" not in args.skip:
+            results["servers"]["ray-serve-llm"] = bench_ray_serve_llm(cfg, model_path, levels, per_level,
+                                                                      args.max_tokens)
         if "scale-out" not in args.skip:
             results["scale_out"] = bench_scale_out(cfg, concurrency=8, max_tokens=args.max_tokens)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     RESULTS.write_text(json.dumps(results, indent=2))
     print("\n" + markdown(results))
+    print(ray_serve_llm_line(results))
     print(f"\n(wrote {RESULTS.relative_to(ROOT)}; {results['total_s']} s)")
     return 0
 

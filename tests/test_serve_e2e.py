@@ -156,6 +156,7 @@ def test_vllm_engine_behind_the_same_api(ray_local, tmp_path):
         "serve.policy.engine=vllm", "serve.policy.num_cpus=0.5", "serve.policy.max_model_len=256",
         "serve.policy.dtype=float32",  # the transformers engine runs float32: same numerics
         "serve.judge.num_cpus=0.25", "serve.policy.autoscaling.max_replicas=1",
+        "serve.policy.vllm_server=libra",  # our ModelServer + AsyncLLM (Ray Serve LLM's: test_serve_ray_llm.py)
     ])
     with serving(cfg) as app:
         client = openai.OpenAI(base_url=app.base_url, api_key="none", max_retries=0, timeout=120)

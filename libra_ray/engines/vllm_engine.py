@@ -25,6 +25,16 @@ def vllm_engine_args(model_path: str, *, engine_kwargs: dict | None = None, **ou
     return {"model": model_path, **ours, **(engine_kwargs or {})}
 
 
+def sampling_kwargs(params: GenParams, max_tokens: int | None = None) -> dict:
+    """One request's vLLM sampling settings, for `SamplingParams` and for an OpenAI-server request body
+    (Ray Serve LLM). Greedy is temperature 0. top_k/min_p/repetition_penalty are spelled out at vLLM's
+    neutral values: its OpenAI layer would otherwise take them from the model's generation config."""
+    greedy = params.greedy
+    return {"max_tokens": max_tokens or params.max_tokens, "temperature": 0.0 if greedy else params.temperature,
+            "top_p": 1.0 if greedy else params.top_p, "stop": params.stop or None, "seed": params.seed,
+            "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
 class VLLMEngine(Engine):
     def __init__(self, model_path: str, *, max_model_len: int = 1024, mode: str = "batch", kv_cache_gib: int = 1,
                  enforce_eager: bool = True, dtype: str = "auto", gpu_memory_utilization: float = 0.5,
@@ -57,10 +67,7 @@ class VLLMEngine(Engine):
 
     def sampling(self, params: GenParams, max_tokens: int | None = None):
         """This request's SamplingParams (greedy is temperature 0 in vLLM too)."""
-        greedy = params.greedy
-        return self.SamplingParams(max_tokens=max_tokens or params.max_tokens,
-                                   temperature=0.0 if greedy else params.temperature,
-                                   top_p=1.0 if greedy else params.top_p, stop=params.stop or None, seed=params.seed)
+        return self.SamplingParams(**sampling_kwargs(params, max_tokens))
 
     @staticmethod
     def _result(prompt_ids: list[int], comp) -> dict:

@@ -4,6 +4,9 @@
                                         |-- handle --> ModelServer "policy" (autoscaled replicas)
                                         '-- handle --> ModelServer "judge"  (autoscaled replicas)
 
+A vLLM model (`engine: vllm`, `vllm_server: ray_serve_llm`, the default) is served by Ray Serve LLM's
+`LLMServer` instead (`ray_llm.py`), with the same `generate`/`stream` interface.
+
 Every client mistake becomes an OpenAI-format error (`{"error": {message, type, param, code}}`) with a
 4xx status; engine replicas return request errors as values (never raise), so a bad request can
 never kill a replica. `app_builder` is the import path used by the YAMLs under `serve/`.
@@ -508,6 +511,11 @@ def build_app(models: list[ServedModelConfig], cfg: ServeConfig):
         raise ValueError(f"served model names must be unique: {names}")
     handles = {}
     for m in models:
+        if m.engine == "vllm" and m.vllm_server == "ray_serve_llm":
+            from libra_ray.serve.ray_llm import build_deployment
+
+            handles[m.name] = build_deployment(m, deployment_name(m.name), access_log=cfg.access_log)
+            continue
         handles[m.name] = ModelServer.options(
             name=deployment_name(m.name),
             autoscaling_config=m.autoscaling.to_serve(),

@@ -71,6 +71,10 @@ class ServedModelConfig(StrictModel):
                                           "(AsyncEngineArgs), merged over ours (max_model_len, enforce_eager, dtype, "
                                           "gpu_memory_utilization, tensor_parallel_size, seed), e.g. "
                                           "{max_num_seqs: 64}")
+    vllm_server: Literal["ray_serve_llm", "libra"] = Field(
+        default="ray_serve_llm",
+        description="engine 'vllm' only: the deployment that runs vLLM. 'ray_serve_llm' = Ray Serve LLM's "
+                    "LLMServer (ray.serve.llm) behind our ingress; 'libra' = our ModelServer with vLLM's AsyncLLM")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Serve autoscaling of "
                                            "this model's replicas (Serve's own field names)")
 
