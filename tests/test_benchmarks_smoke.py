@@ -75,6 +75,7 @@ def smoke_run(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--smoke", "--out-dir", str(out_dir)],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1500)
     sections = dict(re.findall(r"^## (\w+): (.*?)(?=^## \w+: |\Z)", proc.stdout, re.M | re.S))
+    print("\n".join(re.findall(r"^\(\w+: \d+ s, exit -?\d+\)$", proc.stdout, re.M)))  # each benchmark's time
     yield {"proc": proc, "out_dir": out_dir, "sections": sections, "results_before": before}
 
 
@@ -93,7 +94,7 @@ def test_benchmark_runs_in_smoke_mode(smoke_run, name):
     result = json.loads((out_dir / f"{name}.json").read_text())
     assert result["smoke"] is True and result["stamp"]["machine"] and result["stamp"]["load_average"]
     md = (out_dir / f"{name}.md").read_text()  # run_all keeps the printed tables, stamped
-    assert md.startswith(f"<!-- benchmarks.bench_{name} --smoke --out {out_dir / name}.json · ")
+    assert md.startswith(f"<!-- -m benchmarks.bench_{name} --smoke --out {out_dir / name}.json · ")
     assert "load average before the run" in md and "|---" in md
 
 
