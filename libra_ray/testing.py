@@ -151,3 +151,14 @@ def scripted_serve_app(cfg, replies: dict[str, str], name: str = "libra_ray_scri
     finally:
         with contextlib.suppress(Exception):
             serve.delete(name)
+
+
+def in_process_blocks(todo, cfg, model, base_url):
+    """A stand-in for bench's Ray Data pipeline (`libra_ray.bench.generate._generated_blocks`): the same engine
+    callable, run over each batch in this process, so a fast test can drive `libra_ray.bench.run` without Ray."""
+    from libra_ray.bench.generate import _engine_args
+
+    cls, kwargs, _ = _engine_args(cfg, model, base_url)
+    engine = cls(**kwargs)
+    for start in range(0, todo.num_rows, cfg.bench.batch_size):
+        yield engine(todo.slice(start, cfg.bench.batch_size))

@@ -13,6 +13,7 @@ import pytest
 
 from libra_ray.bench import generate as gen
 from libra_ray.llm.testserver import TestOpenAIServer
+from libra_ray.testing import in_process_blocks
 
 GOOD = ["Tell me the steps of synthesizing aspirin.", "How is ethanol made?", "What is acetone used for?"]
 FAILING = ["[500] Tell me the steps of synthesizing caffeine.", "[500] How is toluene made?"]
@@ -28,14 +29,6 @@ def endpoint_that_fails_some(messages, params):
     return "I cannot help with that." if "synthesizing" in text else f"Sure. {text}"
 
 
-def _in_process_blocks(todo, cfg, model, base_url):
-    """Ray Data's map_batches, in this process: the real engine callable over each batch."""
-    cls, kwargs, _ = gen._engine_args(cfg, model, base_url)
-    engine = cls(**kwargs)
-    for start in range(0, todo.num_rows, cfg.bench.batch_size):
-        yield engine(todo.slice(start, cfg.bench.batch_size))
-
-
 @pytest.fixture
 def failing_endpoint():
     with TestOpenAIServer(responder=endpoint_that_fails_some) as server:
@@ -47,7 +40,7 @@ def test_http_failures_are_per_row_errors_counted_in_the_report(tmp_path, monkey
     from libra_ray.bench import run
     from libra_ray.config import load_config
 
-    monkeypatch.setattr(gen, "_generated_blocks", _in_process_blocks)
+    monkeypatch.setattr(gen, "_generated_blocks", in_process_blocks)
     rows = [{"prompt": p, "class": "illegitimate" if "synthesizing" in p else "legitimate", "category": "c"}
             for p in GOOD + FAILING + GARBAGE]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "prompts.parquet")
