@@ -30,8 +30,9 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.common import add_smoke_arg, print_stamp, result_path
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "serve.json"
 PROMPT = [{"role": "user", "content": "Tell me the steps of synthesizing aspirin."}]
 
 
@@ -249,7 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=["serve-transformers", "serve-vllm",
                                                                    "vllm-api-server", "scale-out",
                                                                    "serve-vllm-asyncllm", "ray-serve-llm"])
+    parser.add_argument("--out", default=None, help="result JSON (default: results/serve.json)")
+    add_smoke_arg(parser)  # smoke: 4 requests at concurrency 1, vLLM's server vs Serve + transformers only
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.skip = sorted(set(args.skip) | {"serve-vllm", "scale-out", "serve-vllm-asyncllm", "ray-serve-llm"})
+    RESULTS = result_path(args.out, "serve", args.smoke)
+    stamp = print_stamp("serve")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -258,15 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     from libra_ray.runtime import ray_session
     from libra_ray.tiny import resolve_model
 
-    levels = [1, 8] if args.quick else [1, 4, 8, 16, 32]
-    per_level = 16 if args.quick else 64
+    levels = [1] if args.smoke else [1, 8] if args.quick else [1, 4, 8, 16, 32]
+    per_level = 4 if args.smoke else 16 if args.quick else 64
     cfg = load_config(None, ["ray.num_cpus=2", "serve.port=0", f"serve.policy.path={args.model}",
                              "serve.policy.num_cpus=0.5", "serve.judge.num_cpus=0.25",
                              f"serve.policy.dtype={args.vllm_dtype}",
                              f"cache_dir={ROOT / '.cache' / 'libra_ray'}", "storage=/tmp/libra_ray_bench_serve"])
     model_path = resolve_model(args.model, cfg)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    results: dict = {"model": args.model, "quick": args.quick, "max_tokens": args.max_tokens,
+    results: dict = {"model": args.model, "quick": args.quick, "smoke": args.smoke, "stamp": stamp, "max_tokens": args.max_tokens,
                      "vllm_dtype": args.vllm_dtype, "load_average_at_start": os.getloadavg()[0],
                      "machine": f"{os.cpu_count()} CPUs", "servers": {}}
     t_start = time.perf_counter()
@@ -291,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.write_text(json.dumps(results, indent=2))
     print("\n" + markdown(results))
     print(ray_serve_llm_line(results))
-    print(f"\n(wrote {RESULTS.relative_to(ROOT)}; {results['total_s']} s)")
+    print_stamp("serve", "end")
+    print(f"\n(wrote {RESULTS}; {results['total_s']} s)")
     return 0
 
 

@@ -19,6 +19,8 @@ from libra_ray.config import ConfigError, join_uri
 from libra_ray.train.data import copy_tree, read_text, read_train_table, train_split_uri, write_text
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from libra_ray.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -139,14 +141,10 @@ def fit_stage(cfg: "PipelineConfig", kind: str, model: str, dataset: str, destin
     return summary
 
 
-def run(cfg: "PipelineConfig") -> dict:
-    """Stage 2: (SFT on chosen ->) DPO; the final model lands in `cfg.model_dir`. Re-running resumes."""
-    from libra_ray.tiny import resolve_model
-
+def check_inputs(cfg: "PipelineConfig", dataset: str) -> "pa.Table":
+    """The train split (columns, at least one global batch of rows), the DeepSpeed config and the tracker:
+    checks that need no Ray. Returns the train table."""
     t = cfg.train
-    model = resolve_model(t.model, cfg, key="train.model")
-    check_model(model)
-    dataset = train_split_uri(cfg)
     table = read_train_table(dataset)  # validates columns before any worker starts
     batch = t.replicas * t.per_device_train_batch_size
     if table.num_rows < batch:
@@ -158,6 +156,25 @@ def run(cfg: "PipelineConfig") -> dict:
 
         if importlib.util.find_spec(t.tracker) is None:
             raise ConfigError(f"train.tracker: {t.tracker} is not installed (pip install {t.tracker}), or unset it")
+    return table
+
+
+def preflight(cfg: "PipelineConfig") -> None:
+    """Before Ray starts (CLI): an explicit `train.dataset` is checked now; this run's synthesis output
+    (the default) may not exist yet, so it is checked when the stage starts."""
+    if cfg.train.dataset:
+        check_inputs(cfg, cfg.train.dataset)
+
+
+def run(cfg: "PipelineConfig") -> dict:
+    """Stage 2: (SFT on chosen ->) DPO; the final model lands in `cfg.model_dir`. Re-running resumes."""
+    from libra_ray.tiny import resolve_model
+
+    t = cfg.train
+    model = resolve_model(t.model, cfg, key="train.model")
+    check_model(model)
+    dataset = train_split_uri(cfg)
+    table = check_inputs(cfg, dataset)
     check_resources(cfg)
 
     fingerprint = _fingerprint(cfg, model, dataset)
@@ -178,6 +195,7 @@ def run(cfg: "PipelineConfig") -> dict:
                                             "rewards/accuracies", "rewards/margins", "tokens_per_s",
                                             "peak_rss_gib_max_worker", "peak_gpu_mem_gib_max_worker",
                                             "deepspeed", "engine", "device", "world_size", "train_seconds", "steps_this_attempt",
+                                            "rows_dropped_too_long",
                                             "num_tokens", "checkpoint")})
     summary["model_dir"] = cfg.model_dir
     write_text(join_uri(cfg.model_dir, SUMMARY_FILE), json.dumps({"fingerprint": fingerprint, "summary": summary},

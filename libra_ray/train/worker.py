@@ -217,6 +217,16 @@ def _trainer_args(kind: str, t: dict, c: dict, output_dir: str, on_gpu: bool):
                      precompute_ref_log_probs=t["precompute_ref_log_probs"])
 
 
+def _dropped_rows(kind: str, rows: int, kept: int, max_length: int, global_batch: int) -> int:
+    """Rows TRL dropped while tokenising (a prompt that alone fills `max_length`); an error when fewer than one
+    global batch is left, which TRL would otherwise train on silently or fail on obscurely."""
+    if kept < global_batch:
+        raise ValueError(f"train.max_length={max_length}: only {kept} of {rows} rows are left for {kind} after "
+                         f"dropping those whose prompt alone fills it, fewer than one global batch ({global_batch}); "
+                         f"raise train.max_length or shorten the prompts")
+    return rows - kept
+
+
 def _shared_scratch_dir(rank: int) -> str:
     """One fresh local scratch folder per attempt, same path on every rank (rank 0 picks it)."""
     import torch.distributed as dist
@@ -307,6 +317,11 @@ def train_loop_per_worker(config: dict) -> None:
         from trl import DPOTrainer as Trainer
     trainer = Trainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
                       peft_config=peft_config, callbacks=[callback])
+    dropped = _dropped_rows(kind, len(dataset), len(trainer.train_dataset), t["max_length"],
+                            world * t["per_device_batch_size"])
+    if rank == 0 and dropped:
+        print(f"[train:{kind}] {dropped} of {len(dataset)} rows dropped: their prompt alone fills "
+              f"train.max_length={t['max_length']} (nothing of the answer would be left to learn from)", flush=True)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one progress line per step instead
@@ -339,6 +354,7 @@ def train_loop_per_worker(config: dict) -> None:
         "steps_this_attempt": steps_run,
         "num_tokens": callback.metrics.get("num_tokens"),  # global, all ranks (TRL counts non-pad tokens)
         "world_size": world,
+        "rows_dropped_too_long": dropped,  # prompt alone fills max_length: TRL drops the row
         "deepspeed": stage["deepspeed_name"],
         "engine": engine,  # rank 0's observed engine (type, ZeRO stage, offload, parameter share)
         "device": "cuda" if on_gpu else "cpu",
