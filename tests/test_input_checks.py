@@ -89,5 +89,5 @@ def test_train_set_smaller_than_one_global_batch_is_one_line_exit_2(tmp_path, ca
 
     data = write_train_set(tmp_path / "small", n=8)
     err = _one_line_exit_2([command, "--set", f"storage={tmp_path / 'runs'}", "--set", f"train.dataset={data}",
-                            "--set", "train.num_workers=2", "--set", "train.per_device_batch_size=8"], capsys)
+                            "--set", "train.replicas=2", "--set", "train.per_device_train_batch_size=8"], capsys)
     assert "train.dataset: 8 rows is fewer than one global batch (2 workers x 8)" in err
