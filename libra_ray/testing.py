@@ -151,3 +151,22 @@ def scripted_serve_app(cfg, replies: dict[str, str], name: str = "libra_ray_scri
     finally:
         with contextlib.suppress(Exception):
             serve.delete(name)
+
+
+def rate_excess(times: list[float], per_s: float) -> float:
+    """The most requests any time window [t_i, t_j] held beyond `per_s` x its length (a token bucket of
+    rate `per_s` and burst b never lets this exceed b). O(n) over the sorted arrival times."""
+    best, low = 0.0, float("inf")
+    for j, t in enumerate(sorted(times)):
+        low = min(low, j - per_s * t)  # window start i = j: the min over i <= j of (i - per_s * t_i)
+        best = max(best, (j + 1) - per_s * t - low)
+    return best
+
+
+def wait_server_idle(server, timeout_s: float = 60.0) -> None:
+    """Wait until a `TestOpenAIServer` has no request in progress (answers in flight are recorded)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while server.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
