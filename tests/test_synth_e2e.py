@@ -179,7 +179,7 @@ def test_sigkilled_cli_run_resumes_without_repeated_calls_or_leftover_ray(tmp_pa
         wait_server_idle(server)
         served_before, cached_before = _served_keys(server), _cached_keys(cfg)
         assert 0 < len(cached_before) <= len(served_before) < n_calls, "the kill must land mid-run"
-        left = [_name(p) for p, t in killed if _same_alive(p, t)]
+        left = [_name(p).strip() for p, t in killed if _same_alive(p, t)]
         result = subprocess.run(_synth_cmd(overrides), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         assert result.returncode == 0, result.stderr[-3000:]
         served = _served_keys(server)
@@ -187,7 +187,7 @@ def test_sigkilled_cli_run_resumes_without_repeated_calls_or_leftover_ray(tmp_pa
     print(f"\nkilled after {len(served_before)}/{n_calls} paid calls ({len(cached_before)} flushed); "
           f"{repeated} repeated; {len(left)} of its {len(killed)} processes outlived it: {left}")
     # No process of the killed run's cluster is left (same pid and start time: not a reused pid).
-    alive = [_name(p) for p, t in killed if _same_alive(p, t)]
+    alive = [_name(p).strip() for p, t in killed if _same_alive(p, t)]
     assert not alive, alive
     # The dataset is complete: every seed, each with its 1 + n_prompt triplets, none twice.
     data = pd.concat([rows(cfg.dataset_dir, "train"), rows(cfg.dataset_dir, "test")])
