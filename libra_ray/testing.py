@@ -170,3 +170,25 @@ def wait_server_idle(server, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while server.in_flight and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def files_containing(roots: list, needle: str) -> list[str]:
+    """Files under `roots` whose bytes contain `needle`, Parquet files searched by their decoded values
+    too (compressed pages would hide a string from a byte scan). For secret-leak checks."""
+    data, hits = needle.encode(), []
+    for root in roots:
+        for folder, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    with open(path, "rb") as f:
+                        found = data in f.read()
+                    if not found and name.endswith(".parquet"):
+                        import pyarrow.parquet as pq
+
+                        found = needle in repr(pq.read_table(path).to_pylist())
+                except (OSError, ValueError):
+                    continue
+                if found:
+                    hits.append(path)
+    return hits
