@@ -2,13 +2,21 @@
 
 Resolution order: `cfg.ray.address`, then `RAY_ADDRESS`, then an embedded local cluster. Inside a
 Ray Job (or a test that already called `ray.init`) the existing connection is reused and left open.
+
+An embedded cluster's processes (GCS, raylet, dashboard, the raylet's DashboardAgent/RuntimeEnvAgent and
+workers) outlive a driver killed with SIGKILL, and `ray status` cannot see them. So every local start
+records its driver and those processes in a state file (`local_session_dir()`), and the next local start
+stops the processes of any recorded session whose driver is dead (`cleanup_dead_local_sessions`). Only
+sessions this module started are touched, never one with a live driver, never a cluster we joined.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -40,9 +48,11 @@ def init_local_ray(attempts: int = 3, **init_kwargs) -> None:
     """
     import ray
 
+    cleanup_dead_local_sessions()
     for attempt in range(1, attempts + 1):
         try:
             ray.init(**init_kwargs)
+            _record_local_session()
             return
         except Exception as err:  # Ray raises a bare Exception for the registration timeout
             if "timed out during startup" not in str(err) or attempt == attempts:
@@ -69,6 +79,121 @@ def _kill_orphaned_ray_children() -> None:
     for child in alive:
         with contextlib.suppress(psutil.Error):
             child.kill()
+
+
+# ---- processes of a killed driver's local cluster ---------------------------------------------------
+def local_session_dir() -> str:
+    """Where local starts record their sessions (one JSON file per driver pid); per user, on this machine."""
+    root = os.environ.get("LIBRA_RAY_SESSION_STATE_DIR") or os.path.join(
+        tempfile.gettempdir(), f"libra_ray-{os.getuid()}", "local_ray_sessions")
+    return root
+
+
+def _proc_id(proc) -> list:
+    """(pid, start time): a pid alone may have been reused by an unrelated process since."""
+    return [proc.pid, proc.create_time()]
+
+
+def _record_local_session() -> None:
+    """Write this driver's and its new local cluster's processes (all descendants: GCS, raylet and the
+    raylet's agents) to the state file, so a later start can stop them if this driver is killed."""
+    import psutil
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None:  # not a real start (a test's stand-in for ray.init)
+        return
+    me, session_dir = psutil.Process(), node.get_session_dir_path()
+    procs: dict[int, list] = {}
+    for child in me.children(recursive=False):
+        with contextlib.suppress(psutil.Error):
+            if session_dir in " ".join(child.cmdline()):  # this cluster's GCS, raylet, dashboard, monitors
+                for proc in [child, *child.children(recursive=True)]:  # and the raylet's agents and workers
+                    procs[proc.pid] = _proc_id(proc)
+    state = {"driver": _proc_id(me), "session_dir": session_dir, "processes": list(procs.values())}
+    os.makedirs(local_session_dir(), exist_ok=True)
+    path = os.path.join(local_session_dir(), f"{me.pid}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(path + ".tmp", path)
+
+
+def _forget_local_session() -> None:
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(local_session_dir(), f"{os.getpid()}.json"))
+
+
+def _alive(pid: int, create_time: float):
+    """The process if `pid` still runs the same process (same start time), else None."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc if abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:
+        return None
+
+
+def session_leftovers(state: dict) -> list:
+    """The still-running processes of a recorded session: the recorded ones (pid and start time match),
+    their descendants (workers and agents started later), and any whose command line names the session dir."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    for pid, created in state.get("processes", []):
+        proc = _alive(pid, created)
+        if proc is None:
+            continue
+        found[proc.pid] = proc
+        with contextlib.suppress(psutil.Error):
+            found.update({c.pid: c for c in proc.children(recursive=True)})
+    session_dir = state.get("session_dir")
+    if session_dir:
+        for proc in psutil.process_iter(["cmdline"]):
+            if session_dir in " ".join(proc.info.get("cmdline") or []):
+                found.setdefault(proc.pid, proc)
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def cleanup_dead_local_sessions() -> list[int]:
+    """Stop the leftover processes of every recorded local session whose driver is dead (SIGTERM, then
+    SIGKILL after 5 s) and drop its state file; sessions of live drivers are left alone. Returns the
+    pids stopped. Cheap when there is nothing to do (one directory listing)."""
+    import psutil
+
+    folder = local_session_dir()
+    try:
+        names = [n for n in os.listdir(folder) if n.endswith(".json")]
+    except FileNotFoundError:
+        return []
+    stopped: list[int] = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            driver_pid, driver_created = state["driver"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being written, or not ours
+        if _alive(driver_pid, driver_created) is not None:
+            continue
+        leftovers = session_leftovers(state)
+        if leftovers:
+            log.warning("stopping %d leftover Ray processes of a killed driver (pid %s, %s)", len(leftovers),
+                        driver_pid, state.get("session_dir"))
+        for proc in leftovers:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(leftovers, timeout=5)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+        stopped += [p.pid for p in leftovers]
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    return stopped
 
 
 @contextlib.contextmanager
@@ -98,3 +223,5 @@ def ray_session(cfg: "PipelineConfig") -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        if not address:
+            _forget_local_session()

@@ -229,3 +229,40 @@ def in_process_blocks(todo, cfg, model, base_url):
     engine = cls(**kwargs)
     for start in range(0, todo.num_rows, cfg.bench.batch_size):
         yield engine(todo.slice(start, cfg.bench.batch_size))
+
+
+def rate_excess(times: list[float], per_s: float) -> float:
+    """The most requests any time window [t_i, t_j] held beyond `per_s` x its length (a token bucket of
+    rate `per_s` and burst b never lets this exceed b). O(n) over the sorted arrival times."""
+    best, low = 0.0, float("inf")
+    for j, t in enumerate(sorted(times)):
+        low = min(low, j - per_s * t)  # window start i = j: the min over i <= j of (i - per_s * t_i)
+        best = max(best, (j + 1) - per_s * t - low)
+    return best
+
+
+def wait_server_idle(server, timeout_s: float = 60.0) -> None:
+    """Wait until a `TestOpenAIServer` has no request in progress (answers in flight are recorded)."""
+    wait_for(lambda: not server.in_flight, timeout_s, "the test server to finish its requests in flight", step=0.05)
+
+
+def files_containing(roots: list, needle: str) -> list[str]:
+    """Files under `roots` whose bytes contain `needle`, Parquet files searched by their decoded values
+    too (compressed pages would hide a string from a byte scan). For secret-leak checks."""
+    data, hits = needle.encode(), []
+    for root in roots:
+        for folder, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    with open(path, "rb") as f:
+                        found = data in f.read()
+                    if not found and name.endswith(".parquet"):
+                        import pyarrow.parquet as pq
+
+                        found = needle in repr(pq.read_table(path).to_pylist())
+                except (OSError, ValueError):
+                    continue
+                if found:
+                    hits.append(path)
+    return hits

@@ -51,3 +51,44 @@ def test_local_start_retries_only_the_registration_timeout(monkeypatch):
     monkeypatch.setattr(ray, "init", broken_init)
     with pytest.raises(ValueError, match="bad argument"):
         runtime.init_local_ray(num_cpus=1)
+
+
+def _sleeper():
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+def test_next_local_start_stops_only_the_leftovers_of_dead_drivers(monkeypatch, tmp_path):
+    """A killed driver's recorded processes are stopped; a live driver's session, and a pid whose start time
+    no longer matches (reused by an unrelated process), are left alone."""
+    import json
+
+    import psutil
+
+    from libra_ray import runtime
+
+    monkeypatch.setenv("LIBRA_RAY_SESSION_STATE_DIR", str(tmp_path))
+    dead_driver, live_driver, leftover, live_child, unrelated = (_sleeper() for _ in range(5))
+    dead_driver.kill()
+    dead_driver.wait()
+    ident = lambda p: [p.pid, psutil.Process(p.pid).create_time()]  # noqa: E731
+    states = {
+        "dead.json": {"driver": [dead_driver.pid, 1.0], "session_dir": "/nonexistent/session_x",
+                      "processes": [ident(leftover), [unrelated.pid, 1.0]]},  # 1.0: a reused pid's old start
+        "live.json": {"driver": ident(live_driver), "session_dir": "/nonexistent/session_y",
+                      "processes": [ident(live_child)]},
+    }
+    for name, state in states.items():
+        (tmp_path / name).write_text(json.dumps(state))
+    try:
+        assert runtime.cleanup_dead_local_sessions() == [leftover.pid]
+        assert leftover.wait(timeout=10) is not None
+        assert live_child.poll() is None and unrelated.poll() is None and live_driver.poll() is None
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["live.json"]
+        assert runtime.cleanup_dead_local_sessions() == []  # nothing more to do
+    finally:
+        for p in (live_driver, leftover, live_child, unrelated):
+            p.kill()
+            p.wait()

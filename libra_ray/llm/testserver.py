@@ -65,7 +65,7 @@ class TestOpenAIServer:
         self._script: collections.deque[str] = collections.deque()
         self._lock = threading.Lock()
         self.counts: collections.Counter[str] = collections.Counter()  # outcome -> count
-        self.log: list[dict] = []  # {"messages", "params", "outcome", "t"} per chat request
+        self.log: list[dict] = []  # {"messages", "params", "outcome", "t", "t_in"} per chat request
         self.in_flight = 0
         self.max_in_flight = 0
         # Server-side limiter: a token bucket of `rpm` per minute with a one-second burst.
@@ -189,6 +189,7 @@ class TestOpenAIServer:
             return JSONResponse({"object": "list", "data": [{"id": "test", "object": "model", "owned_by": "libra_ray"}]})
 
         async def chat(request: Request):
+            arrived = time.time()
             if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
                 self._record(None, None, "401")
                 return JSONResponse({"error": {"message": "invalid api key", "type": "auth"}}, status_code=401)
@@ -208,7 +209,7 @@ class TestOpenAIServer:
                 outcome, wait = self._choose_outcome()
                 if self.latency_s:
                     await asyncio.sleep(self.latency_s)
-                self._record(messages, params, outcome)
+                self._record(messages, params, outcome, arrived)
                 if outcome == "429":
                     retry = self.retry_after_s if wait is None else wait
                     return JSONResponse({"error": {"message": "rate limit exceeded", "type": "rate_limit"}},
@@ -245,11 +246,14 @@ class TestOpenAIServer:
                                  Route("/v1/models", models, methods=["GET"]),
                                  Route("/_stats", stats, methods=["GET"])])
 
-    def _record(self, messages: Any, params: Any, outcome: str) -> None:
+    def _record(self, messages: Any, params: Any, outcome: str, arrived: float | None = None) -> None:
+        """`t`: when the outcome was decided (after the latency); `t_in`: when the request arrived."""
+        now = time.time()
         with self._lock:
             self.counts[outcome] += 1
             if self.keep_log:
-                self.log.append({"messages": messages, "params": params, "outcome": outcome, "t": time.time()})
+                self.log.append({"messages": messages, "params": params, "outcome": outcome, "t": now,
+                                 "t_in": arrived if arrived is not None else now})
 
     @staticmethod
     def _completion(model: str, messages: list[dict], content: str | None, reasoning: str | None) -> dict:
