@@ -15,16 +15,12 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from libra_ray._config_base import StrictModel, folder_name
+from libra_ray._config_base import ConfigError, StrictModel, folder_name, join_uri  # noqa: F401 - re-exported
 
 from libra_ray.bench.config import BenchConfig
 from libra_ray.serve.config import ServeConfig
 from libra_ray.synth.config import SynthConfig
 from libra_ray.train.config import TrainConfig
-
-
-class ConfigError(ValueError):
-    """A config problem the user can fix: the message names the key and the reason."""
 
 
 class RayConfig(StrictModel):
@@ -121,14 +117,6 @@ class PipelineConfig(StrictModel):
     @property
     def bench_dir(self) -> str:
         return join_uri(self.run_dir, "bench")
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """Join path parts onto a local path or a URI such as s3://bucket/prefix."""
-    out = base.rstrip("/")
-    for part in parts:
-        out = f"{out}/{part.strip('/')}"
-    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -168,7 +168,7 @@ def check_local_model(ref: str, key: str) -> bool:
     """True when `ref` is a local model folder (a folder with config.json or adapter_config.json); False
     when it is not a local path (a hub id "org/name" or "name", or a URI the workers read); a ConfigError
     naming `key` when it looks like a local path but is missing or no model folder."""
-    from libra_ray.config import ConfigError
+    from libra_ray._config_base import ConfigError
 
     if "://" in ref:
         return False
@@ -187,7 +187,7 @@ def check_model_ref(ref: str, cfg: "PipelineConfig", key: str = "model") -> None
     """Fail fast, before anything starts, when `ref` cannot be a model: "trained" before `libra-ray train`
     ran, or a local path that is missing or no model folder. Builds and loads nothing; hub ids and URIs
     are not checked here (the hub or bucket may be reachable only from the cluster)."""
-    from libra_ray.config import ConfigError, join_uri
+    from libra_ray._config_base import ConfigError, join_uri
     from libra_ray.storage import exists
 
     if ref in (TINY, "tiny-pretrained"):  # built locally on first use

@@ -24,7 +24,7 @@ def preflight(cfg: "PipelineConfig") -> None:
     """Checks that need no Ray: the local detector's name, and explicit benchmark prompt files
     (columns, class values). A ConfigError names what is wrong."""
     from libra_ray.bench.detector_info import local_detector
-    from libra_ray.config import ConfigError
+    from libra_ray._config_base import ConfigError
 
     if cfg.bench.prompts:
         from libra_ray.bench.generate import load_benchmark_prompts
@@ -46,7 +46,7 @@ class _LazyJudge:
     def open(self) -> Any:
         """The judge's ChatClient (started on first use)."""
         if self.client is None:
-            from libra_ray.config import join_uri
+            from libra_ray._config_base import join_uri
             from libra_ray.llm.client import ChatClient
             from libra_ray.llm.endpoint import open_endpoint
 
@@ -81,7 +81,7 @@ def run(cfg: "PipelineConfig") -> dict:
     from libra_ray.bench.report import model_provenance, run_caveats, sample_answers, summary_lines, write_report
     from libra_ray.bench.rules import RULES, calibrate
     from libra_ray.bench.scores import compute_scores
-    from libra_ray.config import join_uri
+    from libra_ray._config_base import join_uri
     from libra_ray.llm.endpoint import open_endpoint
 
     bench = cfg.bench

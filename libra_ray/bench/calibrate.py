@@ -228,7 +228,7 @@ class JudgeDetector:
 
 def judge_client(cfg: "PipelineConfig"):
     """The cached ChatClient on `bench.judge` (the cache is the bench's own: calibrate and bench share it)."""
-    from libra_ray.config import join_uri
+    from libra_ray._config_base import join_uri
     from libra_ray.llm.client import ChatClient
 
     if not cfg.bench.judge.base_url:

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from libra_ray.bench import store
-from libra_ray.config import join_uri
+from libra_ray._config_base import join_uri
 
 METRICS = ("safety", "utility", "over_refusal", "overall")
 

@@ -182,7 +182,7 @@ def load_key_hashes(cfg: ServeConfig) -> list[str]:
 
     Raises ConfigError (a ValueError) when auth is configured but no key is found: never silently serve open.
     """
-    from libra_ray.config import ConfigError
+    from libra_ray._config_base import ConfigError
 
     if not cfg.api_keys_env and not cfg.api_keys_file:
         return []

@@ -21,7 +21,7 @@ SOURCE_TEXT = {"prompt": "seed_prompt", "chosen": "seed_chosen", "rejected": "se
 
 def synth_plan(cfg: "PipelineConfig") -> dict:
     """Seed counts, teacher calls, estimated tokens and cost of `libra-ray synth` for `cfg` (JSON-able)."""
-    from libra_ray.config import ConfigError
+    from libra_ray._config_base import ConfigError
     from libra_ray.llm.client import estimate_tokens
     from libra_ray.synth.pipeline import phase1_rows, teacher_requests
     from libra_ray.synth.prices import teacher_prices

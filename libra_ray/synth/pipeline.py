@@ -20,7 +20,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from libra_ray.config import join_uri
+from libra_ray._config_base import join_uri
 from libra_ray.seeds import allocate, plan_seeds
 from libra_ray.storage import filesystem
 from libra_ray.synth import prompts as P
