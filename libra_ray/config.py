@@ -20,6 +20,7 @@ from libra_ray._config_base import ConfigError, StrictModel, folder_name, join_u
 from libra_ray.bench.config import BenchConfig
 from libra_ray.serve.config import ServeConfig
 from libra_ray.synth.config import SynthConfig
+from libra_ray.tiny.config import PretrainedTinyConfig, TinyModelConfig
 from libra_ray.train.config import TrainConfig
 
 
@@ -33,48 +34,6 @@ class RayConfig(StrictModel):
     include_dashboard: bool = False
     # Extra runtime_env for every task (env vars by name only; secrets stay in the environment).
     runtime_env: dict[str, Any] = Field(default_factory=dict)
-
-
-class TinyModelConfig(StrictModel):
-    """The tiny Llama built locally (no hub here). Used wherever a model is `"tiny"`."""
-
-    seed: int = 0
-    hidden_size: int = Field(default=128, ge=32)
-    num_layers: int = Field(default=2, ge=1)
-    num_heads: int = Field(default=4, ge=1)
-    num_kv_heads: int = Field(default=2, ge=1)
-    intermediate_size: int = Field(default=256, ge=8)
-    vocab_size: int = Field(default=1024, ge=300)
-    max_position_embeddings: int = Field(default=1024, ge=64)
-
-    @field_validator("num_heads")
-    @classmethod
-    def _vllm_head_dim(cls, heads: int, info) -> int:
-        hidden = info.data.get("hidden_size", 128)
-        if hidden % heads:
-            raise ValueError(f"hidden_size {hidden} is not divisible by num_heads {heads}")
-        head_dim = hidden // heads
-        # vLLM's CPU attention rejects other head sizes (see ENVIRONMENT.md).
-        if head_dim not in (32, 64, 80, 96, 112, 128, 256):
-            raise ValueError(f"head_dim {head_dim} (hidden_size/num_heads) is not supported by vLLM; use 32, 64, 80, 96, 112, 128 or 256")
-        return heads
-
-
-class PretrainedTinyConfig(TinyModelConfig):
-    """The tiny Llama pretrained on facts about every catalogue compound (`model: tiny-pretrained`):
-    the embedded default's base model, which knows what a compound is (see libra_ray.train.pretrain)."""
-
-    hidden_size: int = Field(default=128, ge=32)
-    num_layers: int = Field(default=3, ge=1)
-    num_heads: int = Field(default=4, ge=1)
-    num_kv_heads: int = Field(default=2, ge=1)
-    intermediate_size: int = Field(default=384, ge=8)
-    vocab_size: int = Field(default=2048, ge=300)
-    epochs: int = Field(default=10, ge=1, description="passes over the fact corpus")
-    batch_size: int = Field(default=32, ge=1, description="packed windows per step")
-    seq_len: int = Field(default=128, ge=16, description="tokens per packed window")
-    learning_rate: float = Field(default=3e-3, gt=0, description="peak AdamW learning rate (warmup, cosine decay)")
-    num_threads: int = Field(default=2, ge=1, description="torch CPU threads (fixed, for reproducible floats)")
 
 
 class PipelineConfig(StrictModel):
