@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 def preflight(cfg: "PipelineConfig") -> None:
     """Checks that need no Ray: the local detector's name, and explicit benchmark prompt files
     (columns, class values). A ConfigError names what is wrong."""
-    from libra_ray.bench.detector_info import local_detector
     from libra_ray._config_base import ConfigError
+    from libra_ray.bench.detector_info import local_detector
 
     if cfg.bench.prompts:
         from libra_ray.bench.generate import load_benchmark_prompts
@@ -73,16 +73,16 @@ def run(cfg: "PipelineConfig") -> dict:
     """Generate for every configured model (resuming), evaluate, write the report; returns a summary."""
     import pyarrow as pa
 
+    from libra_ray._config_base import join_uri
     from libra_ray.bench import store
     from libra_ray.bench.detector_info import detector_accuracy, local_detector
     from libra_ray.bench.evaluate import evaluate_resuming
     from libra_ray.bench.generate import (generate, generation_keys, load_benchmark_prompts, prompts_path,
                                           read_generations)
     from libra_ray.bench.report import model_provenance, run_caveats, sample_answers, summary_lines, write_report
-    from libra_ray.bench.rules import RULES, calibrate
     from libra_ray.bench.scores import compute_scores
-    from libra_ray._config_base import join_uri
     from libra_ray.llm.endpoint import open_endpoint
+    from libra_ray.policy.rules import RULES, calibrate
 
     bench = cfg.bench
     prompts = load_benchmark_prompts(cfg)

@@ -8,8 +8,8 @@ import io
 import json
 from typing import Any
 
-from libra_ray.bench import store
 from libra_ray._config_base import join_uri
+from libra_ray.bench import store
 
 METRICS = ("safety", "utility", "over_refusal", "overall")
 
