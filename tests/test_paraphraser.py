@@ -69,7 +69,7 @@ def test_not_a_phase2_request_is_an_error():
 
 def test_served_over_openai_compatible_http():
     from libra_ray.config import load_config
-    from libra_ray.llm.endpoint import open_endpoint
+    from libra_ray.endpoints import open_endpoint
 
     cfg = load_config(overrides=[f"synth.teacher.model={OFFLINE_PARAPHRASER}"])
     part, messages, check = _seed_calls("Acetone", "legitimate", "laboratory")[0]

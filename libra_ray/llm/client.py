@@ -277,7 +277,7 @@ class ChatClient:
                  limiter: Limiter | None = None):
         url = base_url or endpoint.base_url
         if not url:
-            raise ValueError("the endpoint has no base_url: open it with libra_ray.llm.endpoint.open_endpoint "
+            raise ValueError("the endpoint has no base_url: open it with libra_ray.endpoints.open_endpoint "
                              "(which starts the embedded local server) or set base_url")
         self.endpoint = endpoint
         self.base_url = url.rstrip("/")
