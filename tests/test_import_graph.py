@@ -9,6 +9,9 @@ counts, function-level lazy ones too (a lazy import is still a dependency); only
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -77,6 +80,14 @@ def import_graph(package: Path = PACKAGE) -> dict[str, dict[str, list[str]]]:
     return graph
 
 
+def graph_of(package: Path = PACKAGE) -> dict[str, dict[str, list[str]]]:
+    """`import_graph` computed in a fresh interpreter: in the full suite, CPython 3.11.7's `ast.parse` raised
+    "SystemError: AST constructor recursion depth mismatch" (state left behind by earlier tests), never alone."""
+    out = subprocess.run([sys.executable, __file__, str(package)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 def find_cycle(edges: dict[str, set[str]] | dict[str, dict]) -> list[str] | None:
     """One cycle as [a, b, ..., a], or None (depth-first search, deterministic order)."""
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
@@ -118,19 +129,19 @@ def test_the_graph_sees_lazy_imports_and_skips_type_checking(tmp_path):
         "def f():\n    from libra_ray.synth.pipeline import g\n    from . import rules\n")
     (pkg / "bench" / "rules.py").write_text("from ..policy import rules\nfrom .judge import j\n")
     (pkg / "cli.py").write_text("from libra_ray import bench, seeds\nimport libra_ray.config\n")
-    graph = import_graph(pkg)
+    graph = graph_of(pkg)
     assert {k: sorted(v) for k, v in graph.items() if v} == {"bench": ["policy", "synth"],
                                                             "cli": ["bench", "config", "seeds"]}
 
 
 def test_no_import_cycle_between_top_level_parts():
-    graph = import_graph()
+    graph = graph_of()
     cycle = find_cycle(graph)
     assert cycle is None, f"import cycle {' -> '.join(cycle)} ({_where(graph, cycle)})"
 
 
 def test_every_import_goes_to_the_same_layer_or_below():
-    graph = import_graph()
+    graph = graph_of()
     layer = {part: i for i, parts in enumerate(LAYERS) for part in parts}
     unplaced = sorted(set(graph) - set(layer))
     assert not unplaced, f"new top-level part(s) {unplaced}: place them in LAYERS here and in README.md"
@@ -141,7 +152,7 @@ def test_every_import_goes_to_the_same_layer_or_below():
 
 def test_llm_is_a_pure_client():
     """`libra_ray.llm` imports foundations only: starting endpoints lives in `libra_ray.endpoints`."""
-    graph = import_graph()
+    graph = graph_of()
     stages = {b: where for b, where in graph["llm"].items() if b not in FOUNDATIONS}
     assert not stages, f"libra_ray.llm imports {sorted(stages)} ({stages})"
 
@@ -154,3 +165,7 @@ def test_the_cli_gives_the_stages_that_call_endpoints_the_opener():
     for stage in ("synth", "bench"):
         assert stage_runner(stage).keywords == {"open_endpoint": open_endpoint}
     assert not hasattr(stage_runner("train"), "keywords")
+
+
+if __name__ == "__main__":  # used by `graph_of`
+    print(json.dumps(import_graph(Path(sys.argv[1]))))

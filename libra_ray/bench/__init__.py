@@ -1,6 +1,6 @@
 """Stage 3, benchmark: generate answers with engines on Ray, score them (rule + LLM judge), report.
 
-    run(cfg) -> {"models": {name: {safety, utility, over_refusal, overall, n, unjudged, ...}}, "report": {...}}
+    run(cfg, open_endpoint=...) -> {"models": {name: {safety, utility, over_refusal, overall, n, unjudged, ...}}, "report": {...}}
 
 Outputs under `cfg.bench_dir`: `<model>/generations/` (Parquet shards, resumable: a row is reused only
 while its `gen_key` (prompt + weights + engine + sampling) matches), `<model>/evaluations.parquet`
