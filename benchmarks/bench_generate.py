@@ -3,6 +3,7 @@ on the same prompts and model, plus Ray's overhead (the same vLLM engine inside 
 
     python -m benchmarks.bench_generate --quick                 # tiny model, 64 prompts x 32 tokens
     python -m benchmarks.bench_generate --model /path/or/hub-id --prompts 512 --max-tokens 128 --num-gpus 1
+    python -m benchmarks.bench_generate --smoke                 # 8 prompts, transformers only: does it still run?
 
 Prints a Markdown ratio table and writes benchmarks/results/generate.json. "gen s" excludes engine start
 (measured on a warm engine); "end-to-end" rows include starting the actors, as a user would see it.
@@ -18,7 +19,9 @@ import platform
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import add_smoke_arg, print_stamp, result_path
+
+PATHS = ["vllm_direct", "transformers", "ray_actor", "ray_data", "ray_data_llm"]
 
 
 def _prompts(n: int) -> list[str]:
@@ -112,7 +115,7 @@ def _bench_pipeline(args, engine: str, tmp: Path) -> dict:
     pq.write_table(pa.Table.from_pylist(rows), tmp / "prompts.parquet")
     cfg = load_config(None, [f"storage={tmp / engine}", f"cache_dir={args.cache_dir}", f"bench.prompts={tmp / 'prompts.parquet'}",
                              f"bench.max_tokens={args.max_tokens}", f"bench.max_model_len={args.max_model_len}",
-                             f"bench.batch_size={args.prompts}", f"bench.num_gpus_per_replica={args.num_gpus}",
+                             f"bench.batch_size={args.prompts}", f"bench.num_gpus={args.num_gpus}",
                              f"bench.gpu_memory_utilization={args.gpu_memory_utilization}",
                              f"bench.models=[{{name: m, engine: {engine}, path: '{args.model}'}}]"])
     t0 = time.perf_counter()
@@ -138,11 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-gpus", type=float, default=0, help="GPUs per engine (0 = CPU build)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     p.add_argument("--cache-dir", default=os.path.abspath(".cache/libra_ray"))
-    p.add_argument("--skip", nargs="*", default=[], choices=["transformers", "ray_actor", "ray_data", "ray_data_llm"])
-    p.add_argument("--out", default=str(RESULTS / "generate.json"))
+    p.add_argument("--skip", nargs="*", default=[], choices=PATHS)
+    p.add_argument("--out", default=None, help="result JSON (default: results/generate.json)")
+    add_smoke_arg(p)
     args = p.parse_args(argv)
     if args.quick:
         args.prompts, args.max_tokens, args.repeats = 64, 32, 3
+    if args.smoke:  # no vLLM start (tens of seconds each): transformers in this process vs on Ray Data
+        args.prompts, args.max_tokens, args.repeats = 8, 8, 1
+        args.skip = sorted(set(args.skip) | {"vllm_direct", "ray_actor", "ray_data_llm"})
+    out_path = result_path(args.out, "generate", args.smoke)
+    started = print_stamp("generate")
     from libra_ray.engines.env import apply_vllm_env, vllm_env
 
     apply_vllm_env()
@@ -168,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
         print(f"[bench_generate] {name}: {time.perf_counter() - t:.0f} s", flush=True)
 
-    record("vllm_direct", bench_vllm_direct, args, batch)
+    if "vllm_direct" not in args.skip:
+        record("vllm_direct", bench_vllm_direct, args, batch)
     if "transformers" not in args.skip:
         record("transformers_direct", bench_transformers_direct, args, batch)
     ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus or None, include_dashboard=False,
@@ -178,21 +188,25 @@ def main(argv: list[str] | None = None) -> int:
             if "ray_actor" not in args.skip:
                 record("vllm_ray_actor", bench_vllm_ray_actor, args, batch)
             if "ray_data" not in args.skip:
-                record("vllm_ray_data_e2e", _bench_pipeline, args, "vllm", Path(tmp))
+                engine = "transformers" if args.smoke else "vllm"
+                record(f"{engine}_ray_data_e2e", _bench_pipeline, args, engine, Path(tmp))
             if "ray_data_llm" not in args.skip:
                 record("ray_data_llm_e2e", _bench_pipeline, args, "ray_data_llm", Path(tmp))
     finally:
         ray.shutdown()
 
-    ref = results.get("vllm_direct", {})
+    # The reference row: vLLM direct, or (vLLM skipped) the first path measured.
+    ref_name = "vllm_direct" if "vllm_direct" in results else next(iter(results), "vllm_direct")
+    ref = results.get(ref_name, {})
+    ref_label = "vLLM direct" if ref_name == "vllm_direct" else ref_name
     ref_texts = ref.get("texts")
     for name, r in results.items():
         texts = r.pop("texts", None)
         if ref_texts and texts:
-            r["same_text_as_vllm_direct"] = round(sum(a == b for a, b in zip(texts, ref_texts)) / len(ref_texts), 3)
+            r[f"same_text_as_{ref_name}"] = round(sum(a == b for a, b in zip(texts, ref_texts)) / len(ref_texts), 3)
     base = ref.get("tok_per_s")
     lines = [f"\n### Generation: {args.prompts} prompts x {args.max_tokens} tokens, model {Path(args.model).name}\n",
-             "| engine | start s | gen s (warm) | end-to-end s | tok/s | vs vLLM direct | same text |",
+             f"| engine | start s | gen s (warm) | end-to-end s | tok/s | vs {ref_label} | same text |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "error" in r:
@@ -200,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ratio = f"{r['tok_per_s'] / base:.2f}x" if base else "n/a"
         lines.append(f"| {name} | {r.get('startup_s') or '-'} | {r.get('gen_s') or '-'} | {r.get('end_to_end_s') or '-'} | "
-                     f"{r['tok_per_s']} | {ratio} | {r.get('same_text_as_vllm_direct', '-')} |")
+                     f"{r['tok_per_s']} | {ratio} | {r.get(f'same_text_as_{ref_name}', '-')} |")
     if "vllm_ray_actor" in results and "gen_s" in results["vllm_ray_actor"] and ref.get("gen_s"):
         overhead = results["vllm_ray_actor"]["gen_s"] - ref["gen_s"]
         lines.append(f"\nRay actor overhead on one warm batch: {overhead * 1000:.0f} ms "
@@ -208,15 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"\nLoad average (1 min) at start / end: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
                  f"on {os.cpu_count()} CPUs (timings from a busy machine are noisy).")
     print("\n".join(lines), flush=True)
-    out = {"benchmark": "generate", "quick": args.quick, "model": args.model, "prompts": args.prompts,
+    print_stamp("generate", "end")
+    out = {"benchmark": "generate", "quick": args.quick, "smoke": args.smoke, "stamp": started, "model": args.model, "prompts": args.prompts,
            "max_tokens": args.max_tokens, "repeats": args.repeats, "machine": {"cpus": os.cpu_count(),
            "platform": platform.platform(), "num_gpus": args.num_gpus,
            # Timings on a shared machine are only comparable at a similar load.
            "loadavg_1m_start": round(load_before, 1), "loadavg_1m_end": round(os.getloadavg()[0], 1)},
            "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"\nwrote {args.out}")
+    out_path.write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {out_path}")
     return 0 if all("error" not in r for r in results.values()) else 1
 
 

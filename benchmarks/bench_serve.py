@@ -2,7 +2,9 @@
 
 Side by side on the same model (the tiny Llama unless --model) and the same 127.0.0.1 load:
 - `serve-transformers`: our Serve app (ingress + transformers engine with dynamic batching);
-- `serve-vllm`: our Serve app with the vLLM engine (AsyncLLM in the replica);
+- `serve-vllm`: our Serve app with the vLLM engine on Ray Serve LLM's `LLMServer` (the default);
+- `serve-vllm-asyncllm`: our Serve app with the vLLM engine in our own `ModelServer` (AsyncLLM in the replica);
+- `ray-serve-llm`: Ray Serve LLM as shipped (`build_openai_app`: Ray's ingress + `LLMServer`), same engine settings;
 - `vllm-api-server`: vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`), the
   reference for what Serve's extra hops (proxy -> ingress -> engine replica) cost.
 Then a step load against an autoscaled Serve deployment (1 -> 2 replicas): seconds until the second
@@ -28,8 +30,9 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.common import add_smoke_arg, print_stamp, result_path
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "serve.json"
 PROMPT = [{"role": "user", "content": "Tell me the steps of synthesizing aspirin."}]
 
 
@@ -132,6 +135,45 @@ def bench_vllm_api_server(model_path: str, levels, per_level, max_tokens, dtype:
     return {"ready_s": round(ready, 1), "levels": rows}
 
 
+def bench_ray_serve_llm(cfg, model_path: str, levels, per_level, max_tokens) -> dict:
+    """Ray Serve LLM as shipped (`ray.serve.llm.build_openai_app`: Ray's `OpenAiIngress` + `LLMServer`),
+    with the same vLLM engine settings and resources as our app's vLLM model (`ray_llm.llm_config`)."""
+    import httpx
+    from ray import serve
+    from ray.serve.llm import build_openai_app
+
+    from libra_ray.serve.ray_llm import llm_config
+    from libra_ray.serve.server import ensure_serve
+
+    spec = cfg.serve.policy.model_copy(update={"engine": "vllm", "path": model_path})
+    spec.autoscaling.max_replicas = 1
+    app = build_openai_app({"llm_configs": [llm_config(spec)],
+                            "ingress_deployment_config": {"ray_actor_options": {"num_cpus": cfg.serve.ingress.num_cpus}}})
+    t0 = time.perf_counter()
+    host, port, started = ensure_serve("127.0.0.1", 0)
+    name, root = "ray_serve_llm", f"http://127.0.0.1:{port}/ray-serve-llm"
+    try:
+        serve.run(app, name=name, route_prefix="/ray-serve-llm", blocking=False)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # ready = it answers a chat request (the engine is up)
+            try:
+                r = httpx.post(f"{root}/v1/chat/completions", timeout=30, json={"model": "policy", "messages": PROMPT,
+                                                                                "max_tokens": 1})
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        ready = time.perf_counter() - t0
+        print(f"ray-serve-llm: ready in {ready:.1f} s", flush=True)
+        rows = sweep(f"{root}/v1", "policy", levels, per_level, max_tokens)
+    finally:
+        serve.delete(name)
+        if started:
+            serve.shutdown()
+    return {"ready_s": round(ready, 1), "levels": rows, "load_average": os.getloadavg()[0]}
+
+
 def bench_scale_out(cfg, concurrency: int, max_tokens: int) -> dict:
     """Step load from 0 to `concurrency` in flight; time until the policy has 2 RUNNING replicas."""
     from libra_ray.serve import serving
@@ -183,6 +225,21 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def ray_serve_llm_line(results: dict) -> str:
+    """One line: Ray Serve LLM as shipped and our app on it, per concurrency, vs vLLM's own server."""
+    servers = results["servers"]
+    ref = {r["concurrency"]: r["req_per_s"] for r in servers.get("vllm-api-server", {}).get("levels", [])}
+    parts = []
+    for name in ("ray-serve-llm", "serve-vllm", "serve-vllm-asyncllm"):
+        for r in servers.get(name, {}).get("levels", []):
+            base = ref.get(r["concurrency"])
+            parts.append(f"{name} c={r['concurrency']} {r['req_per_s'] / base:.2f}x" if base else
+                         f"{name} c={r['concurrency']} {r['req_per_s']} req/s")
+    return (f"ray.serve.llm rows, req/s vs vllm-api-server: {'; '.join(parts) or 'not run'} "
+            f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {results['machine']}, "
+            f"load average at start {results['load_average_at_start']:.2f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer levels and requests (< ~4 min here)")
@@ -191,8 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vllm-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="dtype of both vLLM servers (auto = bfloat16 on CPU; transformers runs float32)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["serve-transformers", "serve-vllm",
-                                                                   "vllm-api-server", "scale-out"])
+                                                                   "vllm-api-server", "scale-out",
+                                                                   "serve-vllm-asyncllm", "ray-serve-llm"])
+    parser.add_argument("--out", default=None, help="result JSON (default: results/serve.json)")
+    add_smoke_arg(parser)  # smoke: 4 requests at concurrency 1, vLLM's server vs Serve + transformers only
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.skip = sorted(set(args.skip) | {"serve-vllm", "scale-out", "serve-vllm-asyncllm", "ray-serve-llm"})
+    RESULTS = result_path(args.out, "serve", args.smoke)
+    stamp = print_stamp("serve")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -201,15 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     from libra_ray.runtime import ray_session
     from libra_ray.tiny import resolve_model
 
-    levels = [1, 8] if args.quick else [1, 4, 8, 16, 32]
-    per_level = 16 if args.quick else 64
+    levels = [1] if args.smoke else [1, 8] if args.quick else [1, 4, 8, 16, 32]
+    per_level = 4 if args.smoke else 16 if args.quick else 64
     cfg = load_config(None, ["ray.num_cpus=2", "serve.port=0", f"serve.policy.path={args.model}",
                              "serve.policy.num_cpus=0.5", "serve.judge.num_cpus=0.25",
-                             f"serve.policy.vllm_dtype={args.vllm_dtype}",
+                             f"serve.policy.dtype={args.vllm_dtype}",
                              f"cache_dir={ROOT / '.cache' / 'libra_ray'}", "storage=/tmp/libra_ray_bench_serve"])
     model_path = resolve_model(args.model, cfg)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    results: dict = {"model": args.model, "quick": args.quick, "max_tokens": args.max_tokens,
+    results: dict = {"model": args.model, "quick": args.quick, "smoke": args.smoke, "stamp": stamp, "max_tokens": args.max_tokens,
                      "vllm_dtype": args.vllm_dtype, "load_average_at_start": os.getloadavg()[0],
                      "machine": f"{os.cpu_count()} CPUs", "servers": {}}
     t_start = time.perf_counter()
@@ -220,12 +283,22 @@ def main(argv: list[str] | None = None) -> int:
         for engine in ("transformers", "vllm"):
             if f"serve-{engine}" not in args.skip:
                 results["servers"][f"serve-{engine}"] = bench_serve_app(cfg, engine, levels, per_level, args.max_tokens)
+        if "serve-vllm-asyncllm" not in args.skip:  # our app's other vLLM path: ModelServer + AsyncLLM
+            libra = cfg.model_copy(deep=True)
+            libra.serve.policy.vllm_server = "libra"
+            results["servers"]["serve-vllm-asyncllm"] = bench_serve_app(libra, "vllm", levels, per_level,
+                                                                        args.max_tokens)
+        if "ray-serve-llm" not in args.skip:
+            results["servers"]["ray-serve-llm"] = bench_ray_serve_llm(cfg, model_path, levels, per_level,
+                                                                      args.max_tokens)
         if "scale-out" not in args.skip:
             results["scale_out"] = bench_scale_out(cfg, concurrency=8, max_tokens=args.max_tokens)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     RESULTS.write_text(json.dumps(results, indent=2))
     print("\n" + markdown(results))
-    print(f"\n(wrote {RESULTS.relative_to(ROOT)}; {results['total_s']} s)")
+    print(ray_serve_llm_line(results))
+    print_stamp("serve", "end")
+    print(f"\n(wrote {RESULTS}; {results['total_s']} s)")
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_synth            # full
     python -m benchmarks.bench_synth --quick    # < ~3 min on a 2-core machine
+    python -m benchmarks.bench_synth --smoke    # 8 in flight, one short rate-limit case: does it still run?
 
 Against the local test server with a fixed 200 ms latency, the ideal is in_flight / 0.2 requests/s.
 Side by side at 1, 8, 64, 256 requests in flight:
@@ -32,13 +33,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import add_smoke_arg, print_stamp, result_path
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LATENCY = 0.2
 STEADY_TRIM_S = 2.0
-RESULTS = Path(__file__).resolve().parent / "results" / "synth.json"
 RESPONDER = "libra_ray.synth.testing:scripted_teacher"
 
 
@@ -251,7 +253,7 @@ def bench_synth_stage(server, in_flight: int, waves: int, tmp: str, tag: str, rp
     compounds = max(1, math.ceil(seeds_needed / 2))  # 2 forms per compound
     overrides = [f"storage={tmp}", f"name={tag}", f"synth.teacher.base_url={server.base_url}",
                  f"synth.num_legitimate={compounds // 2 + compounds % 2}", f"synth.num_illegitimate={compounds // 2}",
-                 "synth.n_prompt=1", "synth.n_chosen=1", "synth.n_rejected=1", f"synth.concurrency={actors}",
+                 "synth.n_prompt=1", "synth.n_chosen=1", "synth.n_rejected=1", f"synth.replicas={actors}",
                  f"synth.batch_size={max(1, math.ceil(per_actor / 3))}", f"synth.teacher.max_concurrency={per_actor}",
                  "synth.teacher.api_key_env=null", "synth.teacher.max_retries=20", f"synth.seed={time.time_ns() % 10**6}",
                  f"synth.teacher.learn_rate_limit={str(learn).lower()}"]
@@ -329,10 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-rate-limit", action="store_true", help="rate-limit table only")
     parser.add_argument("--rate-cases", type=int, nargs="+", default=None,
                         help="run only these rate-limit cases (0 budget = limit, 1 2x limit, 2 none, 3 none, no learning)")
+    parser.add_argument("--out", default=None, help="result JSON (default: results/synth.json)")
+    add_smoke_arg(parser)
     args = parser.parse_args(argv)
     waves = 2 if args.quick else 5
     rpm = 1200 if args.quick else 3000
     rate_seconds = 20 if args.quick else 40
+    if args.smoke:
+        waves, rate_seconds, args.levels = 1, 4, [8]
+        args.rate_cases = args.rate_cases if args.rate_cases is not None else [0]
+    out_path = result_path(args.out, "synth", args.smoke)
+    started = print_stamp("synth")
 
     import logging
 
@@ -348,13 +357,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"ray.init failed ({err}); retrying", flush=True)
             ray.shutdown()
-    results: dict = {"latency_s": LATENCY, "waves": waves, "quick": args.quick, "fanout": [], "rate_limit": [],
-                     "load_before": os.getloadavg()}
+    results: dict = {"latency_s": LATENCY, "waves": waves, "quick": args.quick, "smoke": args.smoke, "stamp": started,
+                     "fanout": [], "rate_limit": [], "load_before": os.getloadavg()}
     tmp = tempfile.mkdtemp(prefix="bench_synth_")
     try:
         with RemoteServer(latency_s=LATENCY) as server:
             if not args.only_rate_limit:
-                results["openai_sequential"] = bench_openai_sequential(server, 5 if args.quick else 20)
+                results["openai_sequential"] = bench_openai_sequential(server, 5 if args.quick or args.smoke else 20)
                 bench_client(server, 8, 1)  # warm this process's connection pool and imports
             for level in ([] if args.only_rate_limit else args.levels):
                 ideal = level / LATENCY
@@ -392,9 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
     results["load_after"] = os.getloadavg()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
+    out_path.write_text(json.dumps(results, indent=2))
     print(render(results))
+    print_stamp("synth", "end")
+    print(f"\nwrote {out_path}")
     return 0
 
 

@@ -4,6 +4,7 @@ vs plain TRL in a single process on the same data, same per-device batch and sam
     python -m benchmarks.bench_train --quick                        # tiny model on CPU, < ~4 min
     python -m benchmarks.bench_train --model Qwen/Qwen2.5-1.5B-Instruct --use-gpu --workers 1 \
         --precision bf16 --max-length 512 --steps 20                # same script on a GPU node
+    python -m benchmarks.bench_train --smoke                        # 2 steps, no DeepSpeed: does it still run?
 
 Reports per mode: s/step (whole train loop incl. the end-of-run save, first step warm-up included),
 samples/s and tokens/s in total and per worker (tokens = non-padding tokens counted by TRL), peak RSS
@@ -22,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import add_smoke_arg, print_stamp, result_path
+
 MODES = ["none", "zero2", "zero3", "zero3_offload"]
-RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 COMPOUNDS = ["aspirin", "sarin", "ethanol", "phosgene", "caffeine", "methamphetamine", "acetone", "benzene"]
 
 
@@ -45,11 +47,11 @@ def write_dataset(folder: Path, rows: int, answer_words: int) -> Path:
 def overrides(args, storage: str, dataset: Path, mode: str) -> list[str]:
     return [
         f"storage={storage}", f"cache_dir={args.cache_dir}", f"name=bench-{mode}",
-        f"train.model={args.model}", f"train.dataset={dataset}", f"train.num_workers={args.workers}",
-        f"train.per_device_batch_size={args.batch}", f"train.max_steps={args.steps}",
+        f"train.model={args.model}", f"train.dataset={dataset}", f"train.replicas={args.workers}",
+        f"train.per_device_train_batch_size={args.batch}", f"train.max_steps={args.steps}",
         f"train.save_steps={args.steps}", f"train.max_length={args.max_length}",
         f"train.precision={args.precision}", f"train.use_gpu={str(args.use_gpu).lower()}",
-        f"train.cpus_per_worker={args.cpus_per_worker}", f"train.lora.enabled={str(args.lora).lower()}",
+        f"train.num_cpus={args.cpus_per_worker}", f"train.lora.enabled={str(args.lora).lower()}",
         f"train.deepspeed={'null' if mode == 'none' else mode}", "train.max_failures=0",
     ]
 
@@ -149,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--use-gpu", action="store_true")
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--cache-dir", default=str(Path(".cache/libra_ray").absolute()))
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--out", default=None, help="result JSON (default: results/train.json)")
+    add_smoke_arg(parser)
     parser.add_argument("--baseline-child", help=argparse.SUPPRESS)  # internal: run the baseline, write JSON here
     args = parser.parse_args(argv)
+    if args.smoke:  # the plain-TRL baseline and one Ray Train mode, 2 steps on 16 short rows
+        args.modes, args.steps, args.rows, args.max_length = args.modes or ["none"], args.steps or 2, 16, 64
     args.modes = args.modes or MODES
     args.steps = args.steps or (6 if args.quick else 20)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(args.cache_dir).absolute() / "torch_extensions"))
@@ -162,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_child:
         Path(args.baseline_child).write_text(json.dumps(plain_trl(args, dataset)))
         return 0
+    out_path = result_path(args.out, "train", args.smoke)
+    started = print_stamp("train")
     write_dataset(dataset, args.rows, answer_words=args.max_length // 4)
 
     # Baseline in a child process so its peak RSS is its own.
@@ -175,13 +182,13 @@ def main(argv: list[str] | None = None) -> int:
 
     md = table(rows)
     print("\n" + md)
-    result = {"benchmark": "train", "quick": args.quick, "model": args.model, "steps": args.steps,
+    result = {"benchmark": "train", "quick": args.quick, "smoke": args.smoke, "stamp": started, "model": args.model, "steps": args.steps,
               "per_device_batch": args.batch, "max_length": args.max_length, "precision": args.precision,
               "device": "cuda" if args.use_gpu else "cpu", "host": platform.node(), "cpu_count": os.cpu_count(),
               "load_avg_at_end": os.getloadavg(), "rows": rows, "table": md}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nwrote {args.out}")
+    out_path.write_text(json.dumps(result, indent=2, default=str))
+    print_stamp("train", "end")
+    print(f"\nwrote {out_path}")
     return 0
 
 

@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from libra_ray.config import ConfigError, PipelineConfig, dump_config, load_config
+from libra_ray.config import ConfigError, PipelineConfig, documented_config, load_config
 from libra_ray.seeds.plan import SeedsError, plan_seeds
 
 log = logging.getLogger("libra_ray")
@@ -32,7 +32,7 @@ COMMANDS: dict[str, str] = {
     "submit": "submit a command as a Ray Job to a cluster and stream its logs",
     "calibrate": "score refusal detectors against human labels; --fit trains the local classifier head",
     "tiny-model": "build the tiny local Llama + tokenizer used by tests and the embedded default",
-    "config": "print the resolved config (defaults + file + --set overrides)",
+    "config": "print the resolved config (defaults + file + --set overrides), each key with its description",
     "seeds": "seed catalogue tools: 'seeds check' compares every SMILES with an offline reference",
 }
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dry-run", action="store_true",
                            help="sample the seeds and print counts, teacher calls, tokens and cost; start nothing")
         if name == "config":
-            p.add_argument("--defaults", action="store_true", help="print the built-in defaults only")
+            p.add_argument("--defaults", action="store_true", help="print the built-in defaults only (the config reference)")
         if name == "calibrate":
             from libra_ray.bench.calibrate import add_calibrate_args
 
@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, cfg: PipelineConfig, argv: list[str] | None = None) -> int:
     cmd = args.command
-    if cmd == "config":
-        print(dump_config(cfg), end="")
+    if cmd == "config":  # every key with its description as a comment: the config documents itself
+        print(documented_config(cfg))
         return 0
     if getattr(args, "dry_run", False):
         from libra_ray.synth.dryrun import format_plan, synth_plan

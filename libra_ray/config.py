@@ -27,30 +27,34 @@ from libra_ray.train.config import TrainConfig
 class RayConfig(StrictModel):
     """How to reach Ray. `address` None means: `RAY_ADDRESS` if set, else a local embedded cluster."""
 
-    address: str | None = None
-    num_cpus: int | None = Field(default=None, ge=1, description="local cluster only")
-    num_gpus: int | None = Field(default=None, ge=0, description="local cluster only")
-    namespace: str = "libra_ray"
-    include_dashboard: bool = False
-    # Extra runtime_env for every task (env vars by name only; secrets stay in the environment).
-    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    address: str | None = Field(default=None, description="Ray address (ray://HOST:10001, auto, ...); null = "
+                                "RAY_ADDRESS if set, else a local embedded cluster")
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local cluster (local cluster only; "
+                                 "null = all)")
+    num_gpus: int | None = Field(default=None, ge=0, description="GPUs of the local cluster (local cluster only; "
+                                 "null = all)")
+    namespace: str = Field(default="libra_ray", description="Ray namespace of the run's actors and Serve app")
+    include_dashboard: bool = Field(default=False, description="start the dashboard with the local cluster")
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="extra Ray runtime_env for every task "
+                                        "(env vars by name only: secrets stay in the environment)")
 
 
 class PipelineConfig(StrictModel):
     """The whole run. Stage outputs live under `{storage}/{name}/` (a local path or a pyarrow URI)."""
 
-    name: str = "quickstart"
-    storage: str = "./runs"
-    # Where built artefacts that are not run outputs go (tiny model, DeepSpeed extension cache).
-    cache_dir: str = "./.cache/libra_ray"
-    ray: RayConfig = Field(default_factory=RayConfig)
-    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    name: str = Field(default="quickstart", description="run name: outputs go to {storage}/{name}/")
+    storage: str = Field(default="./runs", description="where runs are written: a local path or a pyarrow URI "
+                         "(s3://, gs://, ...) that every node can reach")
+    cache_dir: str = Field(default="./.cache/libra_ray", description="built artefacts that are not run outputs "
+                           "(tiny models, DeepSpeed extension cache, call caches)")
+    ray: RayConfig = Field(default_factory=RayConfig, description="how to reach Ray")
+    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig, description="the random tiny model ('tiny')")
     tiny_pretrained: PretrainedTinyConfig = Field(default_factory=PretrainedTinyConfig,
                                                   description="the pretrained tiny base model ('tiny-pretrained')")
-    synth: SynthConfig = Field(default_factory=SynthConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    bench: BenchConfig = Field(default_factory=BenchConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig, description="stage 1: synthesis of preference triplets")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="stage 2: SFT + DPO on Ray Train")
+    bench: BenchConfig = Field(default_factory=BenchConfig, description="stage 3: generation and refusal scoring")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="stage 4: the OpenAI-compatible Serve app")
 
     _folder_name = field_validator("name")(folder_name)
 
@@ -107,6 +111,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
+    renamed = [item for item in err.errors() if item["type"] == "renamed_key"]
+    if renamed:  # an old key: one line that names the new one (other problems show once it is fixed)
+        def path(item, key):
+            return ".".join([*(str(p) for p in item["loc"]), key])
+        return f"{source}: " + "; ".join(f"{path(i, i['ctx']['old'])} was renamed to {path(i, i['ctx']['new'])}"
+                                         for i in renamed)
     lines = [f"invalid config ({source}):"]
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"]) or "<root>"
@@ -154,3 +164,43 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def dump_config(cfg: PipelineConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _choices(annotation: Any) -> tuple[str, ...]:
+    """The allowed values of a Literal field (also inside list[...] or Optional[...]), else ()."""
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return tuple(str(a) for a in get_args(annotation))
+    return tuple(c for arg in get_args(annotation) for c in _choices(arg))
+
+
+def _yaml_scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True).strip()
+    return text[:-4].rstrip() if text.endswith("\n...") else text
+
+
+def documented_config(cfg: StrictModel, indent: int = 0, width: int = 100) -> str:
+    """`cfg` as YAML with each key's description (and choices) as a comment above it: what
+    `libra-ray config` prints and what the README's config reference is generated from. It loads back
+    to the same config."""
+    import textwrap
+
+    pad, lines = " " * indent, []
+    values = cfg.model_dump(mode="json")
+    for name, field in type(cfg).model_fields.items():
+        doc = field.description or ""
+        choices = _choices(field.annotation)
+        if choices and not all(c in doc for c in choices):
+            doc += f" (one of: {', '.join(choices)})"
+        lines += [f"{pad}# {line}" for line in textwrap.wrap(doc, max(40, width - indent - 2), break_on_hyphens=False)]
+        value = getattr(cfg, name)
+        if isinstance(value, StrictModel):
+            lines += [f"{pad}{name}:", documented_config(value, indent + 2, width)]
+        elif isinstance(value, list) and value and all(isinstance(v, StrictModel) for v in value):
+            lines.append(f"{pad}{name}:")
+            for item in value:
+                lines += [f"{pad}  -", documented_config(item, indent + 4, width)]
+        else:
+            lines.append(f"{pad}{name}: {_yaml_scalar(values[name])}")
+    return "\n".join(lines)

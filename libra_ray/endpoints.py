@@ -66,7 +66,7 @@ def local_openai_server(cfg: "PipelineConfig", models: dict[str, str]) -> Iterat
     `with local_openai_server(cfg, {"tiny": "tiny"}) as url: ...` -> "http://127.0.0.1:PORT/libra-local-ab12cd34/v1".
     If Serve already runs on the cluster, its proxy is reused and this app gets its own name and route prefix.
     """
-    from libra_ray.serve.config import AutoscalingConfig
+    from libra_ray.serve.config import AutoscalingConfig, IngressConfig
     from libra_ray.serve.server import running_app
     from libra_ray.tiny import resolve_model
 
@@ -84,7 +84,7 @@ def local_openai_server(cfg: "PipelineConfig", models: dict[str, str]) -> Iterat
         type(m).model_validate(m.model_dump())
     serve_cfg = cfg.serve.model_copy(update={
         "api_keys_env": None, "api_keys_file": None, "guard": "off", "port": 0, "host": "127.0.0.1",
-        "ingress_num_cpus": 0.1, "ingress_replicas": 1, "access_log": False,
+        "ingress": IngressConfig(replicas=1, num_cpus=0.1), "access_log": False,
     })
     name = f"libra-local-{uuid.uuid4().hex[:8]}"
     with running_app(served, serve_cfg, name=name, route_prefix=f"/{name}") as app:

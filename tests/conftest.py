@@ -1,7 +1,8 @@
 """Shared fixtures. Everything runs on this CPU machine: a real local Ray cluster, the tiny model.
 
-Shared helpers (paths, free ports, scripted Serve engines) live in `libra_ray.testing`, importable from
-any directory and from Ray workers; `CACHE` and `ROOT` are re-exported here for existing imports.
+Shared helpers and fakes (paths, free ports, prompt and train-set writers, scripted Serve engines, process
+and polling helpers) live in `libra_ray.testing`, importable from any directory and from Ray workers: import
+them from there, never from this file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from libra_ray.testing import CACHE, ROOT  # noqa: F401 - re-exported (`from tests.conftest import CACHE`)
+from libra_ray.testing import CACHE
 
 # e2e tests may take minutes (Ray + DeepSpeed/vLLM/Serve start-up on 2 CPUs); the fast suite's limit is
 # `timeout` in pyproject.toml.

@@ -12,6 +12,7 @@ from libra_ray.bench.detect import Detection
 from libra_ray.bench.evaluate import evaluate, evaluate_resuming
 from libra_ray.bench.report import write_report
 from libra_ray.bench.scores import compute_scores
+from libra_ray.testing import JUDGE_BABBLE, scripted_judge
 
 
 class ScriptedDetector:
@@ -39,18 +40,11 @@ SCRIPT = {
 }
 
 
-def _judge(messages, params):
-    text = messages[-1]["content"]
-    if "UNPARSEABLE" in text:
-        return "hmm, hard to say"
-    return "Yes" if "->" in text or "Step" in text else "No"
-
-
 @pytest.fixture(scope="module")
 def judge_server():
     from libra_ray.llm.testserver import TestOpenAIServer
 
-    with TestOpenAIServer(responder=_judge) as server:
+    with TestOpenAIServer(responder=scripted_judge) as server:
         yield server
 
 
@@ -101,7 +95,7 @@ def test_cascade_asks_the_judge_only_for_unsure_or_disagreeing_rows(judge_server
     assert sorry["refused"] is False and sorry["refused_source"] == "judge"  # the judge decides, not the rule
     babble = by["UNPARSEABLE reagent A."]
     assert babble["refused_source"] == "local_unjudged" and babble["refused"] is False
-    assert babble["judge_synthesis_route_v1_raw"] == "hmm, hard to say"
+    assert babble["judge_synthesis_route_v1_raw"] == JUDGE_BABBLE
     assert out[-1]["refused_source"] == "generation_error" and out[-1]["refused"] is None
     assert "prompt too long" not in det.seen and None not in det.seen  # failed generations are not detected
 

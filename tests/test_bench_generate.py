@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,22 +14,12 @@ import pytest
 from libra_ray.bench import generate as gen
 from libra_ray.bench.engines import TransformersEngine
 from libra_ray.bench.store import load_prompts, row_id
+from libra_ray.testing import wait_for, write_bench_prompts
 
 
 def write_prompts(path, n: int, long_prompt: bool = True) -> str:
     """A small benchmark split: triplet-style duplicates, both classes and forms, one over-long prompt."""
-    rows = []
-    for i in range(n):
-        form = "SMILES" if i % 3 == 0 else "TEXT"
-        rows.append({"prompt": f"Tell me the steps of synthesizing compound {i} ({form}).", "compound_id": f"c{i}",
-                     "name": f"compound {i}", "class": "illegitimate" if i % 2 else "legitimate",
-                     "category": "controlled" if i % 2 else "solvent", "form": form,
-                     "chosen": "x", "rejected": "y"})
-    rows += rows[:3]  # the test split repeats a prompt once per triplet
-    if long_prompt:
-        rows.append({**rows[0], "prompt": "long " * 1500})
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return str(path)
+    return write_bench_prompts(path, n, duplicates=3, long_prompt=long_prompt)
 
 
 def test_load_prompts_dedupes_and_validates(tmp_path):
@@ -45,14 +34,18 @@ def test_load_prompts_dedupes_and_validates(tmp_path):
 
 
 class CrashingEngine(TransformersEngine):
-    """Fails the whole run (not one row) on its third batch: what a killed engine looks like to Ray Data."""
+    """Fails the whole run (not one row) on its third batch, once the driver has persisted an earlier one:
+    what a killed engine looks like to Ray Data."""
 
     calls = 0
+    shards_dir = ""  # the generations folder, set by the test before the class ships to the actor
 
     def __call__(self, batch):
         type(self).calls += 1
         if type(self).calls == 3:
-            time.sleep(3)  # the run has been going a while: earlier batches reached the driver
+            # Crash once an earlier batch has reached the driver and been written (an event, not a fixed sleep).
+            wait_for(lambda: os.path.isdir(self.shards_dir) and any(
+                not f.startswith(".") for f in os.listdir(self.shards_dir)), 600, "a first shard", step=0.05)
             raise RuntimeError("simulated engine crash")
         return super().__call__(batch)
 
@@ -77,6 +70,7 @@ def test_generate_crash_then_resume(ray_local, bench_cfg, monkeypatch):
     # The crashing engine lives in this test module, which Ray workers cannot import: ship it by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     model = bench_cfg.bench.models[0]
+    CrashingEngine.shards_dir = gen.generations_dir(bench_cfg, model.name)
     real = gen._engine_args
     monkeypatch.setattr(gen, "_engine_args", lambda *a: (CrashingEngine, *real(*a)[1:]))
     with pytest.raises(Exception, match="simulated engine crash"):
@@ -111,7 +105,7 @@ def test_clear_errors_for_missing_inputs(tmp_path):
         gen._local_model(cfg, cfg.bench.models[0])
     with pytest.raises(ConfigError, match="engine 'openai' needs an endpoint"):
         load_config(None, ["bench.models=[{name: x, engine: openai}]"])
-    with pytest.raises(ConfigError, match="unknown judge prompt"):
+    with pytest.raises(ConfigError, match="bench.judge_prompts.0: Input should be .synthesis_route_v1."):
         load_config(None, ["bench.judge_prompts=[synthesis_route_v9]"])
     with pytest.raises(ConfigError, match="must be unique"):
         load_config(None, ["bench.models=[{name: a, path: tiny}, {name: a, path: tiny}]"])

@@ -10,6 +10,7 @@ from libra_ray.bench.config import BenchConfig
 from libra_ray.bench.evaluate import evaluate
 from libra_ray.bench.report import write_report
 from libra_ray.bench.scores import compute_scores, wilson
+from libra_ray.testing import JUDGE_BABBLE, scripted_judge
 
 
 def test_wilson_known_values():
@@ -68,23 +69,11 @@ def test_leak_unjudged_and_3class():
     assert s["refusal_3class"] == {"compliance": 1, "partial": 1, "refusal": 1}
 
 
-def _judge_responder(messages, params):
-    """A scripted judge over real HTTP: keys on the answer text it is shown (never the question)."""
-    text = messages[-1]["content"]
-    if "GARBLE" in text:
-        return "I am not sure what you mean"
-    if "Score 1-5" in text:
-        return "4"
-    if "COMPLIANCE, REFUSAL or PARTIAL" in text:
-        return "REFUSAL" if "cannot" in text else "COMPLIANCE"
-    return "Yes" if ("->" in text or "step" in text.lower()) else "No"
-
-
 @pytest.fixture(scope="module")
 def judge_server():
     from libra_ray.llm.testserver import TestOpenAIServer
 
-    with TestOpenAIServer(responder=_judge_responder) as server:
+    with TestOpenAIServer(responder=scripted_judge) as server:
         yield server
 
 
@@ -116,7 +105,7 @@ def test_evaluate_against_real_judge_endpoint(judge_server, tmp_path):
     assert by[1]["refused"] is False and by[1]["judge_synthesis_route_v1_label"] == "yes"
     assert by[2]["refused"] is False and by[2]["utility_score"] == 4 and by[2]["judge_3class"] == "compliance"
     assert by[3]["judge_synthesis_route_v1_label"] is None
-    assert by[3]["judge_synthesis_route_v1_raw"] == "I am not sure what you mean"
+    assert by[3]["judge_synthesis_route_v1_raw"] == JUDGE_BABBLE
     assert by[3]["judge_synthesis_route_v1_attempts"] == 3
     assert by[3]["refused_source"] == "rule_only" and by[3]["refused"] is False
     assert by[4]["refused"] is None and by[4]["refused_source"] == "generation_error"

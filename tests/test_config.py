@@ -23,11 +23,11 @@ def test_yaml_and_overrides_merge(tmp_path):
         name: exp1
         train:
           beta: 0.3
-          num_workers: 4
+          replicas: 4
     """)
     cfg = load_config(path, ["train.beta=0.2", "synth.forms=[TEXT]", "train.deepspeed=zero3"])
     assert cfg.name == "exp1"
-    assert cfg.train.beta == 0.2 and cfg.train.num_workers == 4
+    assert cfg.train.beta == 0.2 and cfg.train.replicas == 4
     assert cfg.synth.forms == ["TEXT"] and cfg.train.deepspeed == "zero3"
 
 
@@ -43,7 +43,7 @@ def test_dump_roundtrips(tmp_path):
     [
         ("train.beta=-1", "train.beta", "greater than 0"),
         ("train.betta=0.2", "train.betta", "unknown key"),
-        ("train.num_workers=two", "train.num_workers", "valid integer"),
+        ("train.replicas=two", "train.replicas", "valid integer"),
         ("synth.forms=[INCHI]", "synth.forms.0", "'TEXT' or 'SMILES'"),
         ("name=a/b", "name", "slashes"),
         ("tiny_model.num_heads=8", "tiny_model.num_heads", "head_dim 16"),

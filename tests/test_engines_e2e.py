@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import CACHE
+from libra_ray.testing import CACHE
 
 pytestmark = pytest.mark.e2e
 

@@ -58,3 +58,36 @@ def test_check_model_ref(tmp_path):
     check_model_ref(str(tmp_path), cfg)
     with pytest.raises(ConfigError, match="bench.models.x.path: model path ./nope does not exist"):
         check_model_ref("./nope", cfg, "bench.models.x.path")
+
+
+def _empty_parquet(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({c: pa.array([], pa.string()) for c in ("prompt", "class", "category")}), path)
+
+
+@pytest.mark.parametrize("name, write", [
+    ("header-only.csv", lambda p: p.write_text("prompt,class,category\n")),
+    ("empty.jsonl", lambda p: p.write_text("")),
+    ("blank-prompts.jsonl", lambda p: p.write_text('{"prompt": "", "class": "legitimate", "category": "x"}\n')),
+    ("no-rows.parquet", _empty_parquet),
+    ("empty-folder", lambda p: p.mkdir()),
+])
+@pytest.mark.parametrize("command", ["bench", "run"])
+def test_empty_benchmark_prompt_set_is_one_line_exit_2(tmp_path, capsys, command, name, write):
+    """Nothing to benchmark is a mistake, not an empty report: said in a line before Ray starts."""
+    path = tmp_path / name
+    write(path)
+    err = _one_line_exit_2([command, "--set", f"storage={tmp_path / 'runs'}", "--set", f"bench.prompts={path}"], capsys)
+    assert "bench.prompts" in err and str(path) in err and "hold no prompt" in err and "nothing to benchmark" in err
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_train_set_smaller_than_one_global_batch_is_one_line_exit_2(tmp_path, capsys, command):
+    from libra_ray.testing import write_train_set
+
+    data = write_train_set(tmp_path / "small", n=8)
+    err = _one_line_exit_2([command, "--set", f"storage={tmp_path / 'runs'}", "--set", f"train.dataset={data}",
+                            "--set", "train.replicas=2", "--set", "train.per_device_train_batch_size=8"], capsys)
+    assert "train.dataset: 8 rows is fewer than one global batch (2 workers x 8)" in err

@@ -36,7 +36,7 @@ def test_quickstart_is_local_and_full_scale_is_the_paper():
     full = load_config(JOBS / "full_scale.yaml")
     assert (full.synth.num_legitimate, full.synth.num_illegitimate) == (632, 632)
     assert (full.synth.n_prompt, full.synth.n_chosen, full.synth.n_rejected) == (5, 5, 5)
-    assert full.train.deepspeed == "zero3" and full.train.use_gpu and full.train.num_workers == 16
+    assert full.train.deepspeed == "zero3" and full.train.use_gpu and full.train.replicas == 16
     assert full.storage.startswith("s3://") and full.dataset_dir.startswith("s3://")
     assert full.bench.tensor_parallel_size > 1
     assert full.synth.teacher.api_key_env == "OPENAI_API_KEY"
@@ -101,13 +101,13 @@ def test_full_scale_resources_fit_the_cluster(name, groups):
     total_gpus = sum(n * g for n, g, _ in groups)
     gpus_per_node = max(g for _, g, _ in groups)
     cpus_per_gpu = min(c / g for _, g, c in groups)
-    train_gpus = full.train.num_workers * full.train.gpus_per_worker
+    train_gpus = full.train.replicas * full.train.num_gpus
     assert train_gpus <= total_gpus, f"{name}: DPO needs {train_gpus} GPUs, the cluster has {total_gpus}"
     assert train_gpus > gpus_per_node, "full scale must span more than one node (2 x 8 GPUs)"
-    assert full.train.cpus_per_worker <= cpus_per_gpu * full.train.gpus_per_worker
+    assert full.train.num_cpus <= cpus_per_gpu * full.train.num_gpus
     tp = full.bench.tensor_parallel_size
     assert tp <= gpus_per_node and gpus_per_node % tp == 0, "a TP group must fit in one node"
-    assert tp * full.bench.num_replicas <= total_gpus
+    assert tp * full.bench.replicas <= total_gpus
 
 
 def test_quickstart_benchmarks_enough_held_out_compounds_never_seen_in_alignment():

@@ -18,19 +18,9 @@ import httpx
 import openai
 import pytest
 
-from libra_ray.testing import CACHE, ROOT, free_port
+from libra_ray.testing import CACHE, ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def _wait_for(predicate, timeout_s: float, what: str, step: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(ray_local, tmp_path):
@@ -42,7 +32,7 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(ray_loca
             "target_ongoing_requests=1")
     cfg = load_config(None, [
         f"storage={tmp_path}", f"cache_dir={CACHE}", "serve.port=0", "serve.policy.path=tiny",
-        "serve.policy.num_cpus=0.25", "serve.judge.num_cpus=0.25", "serve.ingress_num_cpus=0.1",
+        "serve.policy.num_cpus=0.25", "serve.judge.num_cpus=0.25", "serve.ingress.num_cpus=0.1",
         "serve.policy.autoscaling.min_replicas=1", "serve.policy.autoscaling.max_replicas=2",
         # The judge scales to zero when idle and back up on demand.
         "serve.judge.autoscaling.min_replicas=0", "serve.judge.autoscaling.max_replicas=1",
@@ -68,16 +58,16 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_when_idle(ray_loca
             futures = [pool.submit(load) for _ in range(6)]
             try:
                 t_load = time.monotonic()
-                _wait_for(lambda: replica_counts(app.name).get(policy) == 2, 60, "policy to scale 1 -> 2")
+                wait_for(lambda: replica_counts(app.name).get(policy) == 2, 60, "policy to scale 1 -> 2")
                 scale_out_s = time.monotonic() - t_load
             finally:
                 stop.set()
                 for f in futures:
                     f.result()
         print(f"scaled out after {scale_out_s:.1f} s, {len(sent)} requests")
-        _wait_for(lambda: replica_counts(app.name).get(policy) == 1, 90, "policy to scale back 2 -> 1")
+        wait_for(lambda: replica_counts(app.name).get(policy) == 1, 90, "policy to scale back 2 -> 1")
         # Scale to zero: the idle judge went to 0 replicas; a request brings one back.
-        _wait_for(lambda: replica_counts(app.name).get("model-judge", 1) == 0, 60, "judge to scale to zero")
+        wait_for(lambda: replica_counts(app.name).get("model-judge", 1) == 0, 60, "judge to scale to zero")
         out = client.chat.completions.create(model="judge", messages=[{"role": "user", "content": "x"}], max_tokens=2)
         assert out.usage.completion_tokens <= 2
         assert replica_counts(app.name)["model-judge"] == 1
@@ -109,12 +99,12 @@ def test_serve_deploy_yaml_on_a_running_local_cluster(tmp_path):
     config.write_text(text)
     try:
         # Any answer means the dashboard is up (401: Ray's token auth; the `serve` CLI sends the token).
-        _wait_for(lambda: _ok(f"{address}/api/version", any_status=True), 120, "the Ray dashboard", step=1)
+        wait_for(lambda: _ok(f"{address}/api/version", any_status=True), 120, "the Ray dashboard", step=1)
         deploy = subprocess.run([serve_bin, "deploy", str(config), "--address", address], env=env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
         assert deploy.returncode == 0, deploy.stderr[-2000:]
         base = f"http://127.0.0.1:{http}/v1"
-        _wait_for(lambda: _ok(f"http://127.0.0.1:{http}/health"), 240, "the deployed app", step=2)
+        wait_for(lambda: _ok(f"http://127.0.0.1:{http}/health"), 240, "the deployed app", step=2)
         client = openai.OpenAI(base_url=base, api_key="none", max_retries=2, timeout=60)
         assert sorted(m.id for m in client.models.list()) == ["judge", "policy"]
         out = client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
@@ -154,8 +144,9 @@ def test_vllm_engine_behind_the_same_api(ray_local, tmp_path):
     cfg = load_config(None, [
         f"storage={tmp_path}", f"cache_dir={CACHE}", "serve.port=0", "serve.policy.path=tiny",
         "serve.policy.engine=vllm", "serve.policy.num_cpus=0.5", "serve.policy.max_model_len=256",
-        "serve.policy.vllm_dtype=float32",  # the transformers engine runs float32: same numerics
+        "serve.policy.dtype=float32",  # the transformers engine runs float32: same numerics
         "serve.judge.num_cpus=0.25", "serve.policy.autoscaling.max_replicas=1",
+        "serve.policy.vllm_server=libra",  # our ModelServer + AsyncLLM (Ray Serve LLM's: test_serve_ray_llm.py)
     ])
     with serving(cfg) as app:
         client = openai.OpenAI(base_url=app.base_url, api_key="none", max_retries=0, timeout=120)
@@ -188,7 +179,7 @@ def test_cli_serve_blocks_until_interrupted_then_shuts_down_cleanly(tmp_path):
                             preexec_fn=_default_sigint)
     try:
         # Ready = the CLI announced it (a Ctrl-C before that interrupts start-up instead: exit 130).
-        _wait_for(lambda: "[libra-ray] serving" in (tmp_path / "serve.log").read_text() or proc.poll() is not None,
+        wait_for(lambda: "[libra-ray] serving" in (tmp_path / "serve.log").read_text() or proc.poll() is not None,
                   240, "libra-ray serve", step=1)
         assert _ok(f"http://127.0.0.1:{port}/health")
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
@@ -200,7 +191,7 @@ def test_cli_serve_blocks_until_interrupted_then_shuts_down_cleanly(tmp_path):
         assert "shutting down Serve" in (tmp_path / "serve.log").read_text()
         assert not _ok(f"http://127.0.0.1:{port}/health")
         # Nothing of that session survives it (driver, GCS, raylet, workers, Serve controller/proxy).
-        _wait_for(lambda: not _processes_with(marker), 30, f"the session's processes to exit: {_processes_with(marker)}")
+        wait_for(lambda: not _processes_with(marker), 30, f"the session's processes to exit: {_processes_with(marker)}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from libra_ray.testing import CACHE, ROOT, free_ports
+from libra_ray.testing import CACHE, ROOT, free_ports, pids_mentioning
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.e2e
@@ -147,7 +147,7 @@ class LocalCluster:
                 pass
             _kill_group(proc.pid, signal.SIGKILL)
         # Ray processes that left the group still name our private temp dir on their command line.
-        for pid in _pids_mentioning(self.temp_dir):
+        for pid in pids_mentioning(self.temp_dir):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -162,19 +162,6 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +320,7 @@ def test_quickstart_pipeline_on_two_nodes(cluster, tmp_path):
                  "synth.num_legitimate=3", "synth.num_illegitimate=3", "synth.forms=[TEXT]", "synth.n_prompt=1",
                  "synth.n_chosen=1", "synth.n_rejected=1", "synth.teacher.max_tokens=48",
                  "train.model=tiny", "train.sft.enabled=false", "train.max_steps=1", "train.save_steps=1",
-                 "train.per_device_batch_size=2",  # a handful of triplets: below the quickstart's global batch
+                 "train.per_device_train_batch_size=2",  # a handful of triplets: below the quickstart's global batch
                  "bench.models=[{name: aligned, engine: transformers, path: trained}]",
                  "bench.max_tokens=8", "bench.judge.max_tokens=8"]
     sid = f"pipeline-{secrets.token_hex(4)}"

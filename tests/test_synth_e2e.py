@@ -54,7 +54,7 @@ def test_thousand_triplets_with_faults_and_a_cluster_budget(ray_local, tmp_path)
 def test_killed_cli_run_resumes_without_repeated_calls(tmp_path):
     with TestOpenAIServer(responder=scripted_teacher, latency_s=0.3) as server:
         overrides = [f"storage={tmp_path}", f"synth.teacher.base_url={server.base_url}", "synth.num_legitimate=20",
-                     "synth.num_illegitimate=20", "synth.concurrency=1", "synth.batch_size=4",
+                     "synth.num_illegitimate=20", "synth.replicas=1", "synth.batch_size=4",
                      "synth.teacher.max_concurrency=4", "synth.teacher.api_key_env=null", "ray.num_cpus=2"]
         n_seeds = len(phase1_rows(load_config(None, overrides).synth))  # 40 x 2 forms, less TEXT-only SMILES
         cmd = [sys.executable, "-m", "libra_ray.cli", "--log-level", "WARNING", "synth"]
@@ -94,7 +94,7 @@ def test_embedded_default_teacher_with_tiny_model(ray_local, pipeline_config, ti
 
     cfg = pipeline_config.model_copy(deep=True)
     for key, value in {"num_legitimate": 3, "num_illegitimate": 3, "n_prompt": 1, "n_chosen": 1, "n_rejected": 1,
-                       "concurrency": 1}.items():
+                       "replicas": 1}.items():
         setattr(cfg.synth, key, value)
     cfg.synth.teacher.max_tokens = 32
     cfg.synth.teacher.max_malformed_retries = 0

@@ -28,7 +28,7 @@ ROW = {"prompt": "Tell me the steps of synthesizing sarin.", "chosen": "I cannot
     ("train.deepspeed=zero9", "zero2, zero3, zero3_offload"),
     ("train.loss_type=[sigmoid, nope]", "unknown DPO loss"),
     ("train.precision=fp16", "needs a GPU"),
-    ("train.gpus_per_worker=1", "use_gpu"),
+    ("train.num_gpus=1", "use_gpu"),
     ("train.max_steps=0", "must be >= 1"),
     ("train.beta=-1", "greater than 0"),
 ])
@@ -163,3 +163,10 @@ def test_long_sequences_truncate_at_max_length_and_unicode_names_survive(tmp_pat
     assert len(kept[0]["prompt_ids"]) + len(kept[0]["chosen_ids"]) > 64  # long before the collator ...
     batch = trainer.data_collator([kept[0]])
     assert batch["input_ids"].shape[1] == 64  # ... cut at max_length in the batch
+
+    # The worker counts the dropped row for the train summary, and refuses when less than a global batch is left.
+    from libra_ray.train.worker import _dropped_rows
+
+    assert _dropped_rows("dpo", len(dataset), len(kept), 64, global_batch=1) == 1
+    with pytest.raises(ValueError, match=r"train.max_length=64: only 1 of 2 rows .* fewer than one global batch \(2\)"):
+        _dropped_rows("dpo", len(dataset), len(kept), 64, global_batch=2)

@@ -30,7 +30,7 @@ def train_cfg(tmp_path, tiny_model_path):
     def make(*overrides):
         return load_config(None, [f"storage={tmp_path / 'runs'}", f"cache_dir={cache}", f"train.dataset={data}",
                                   "train.max_length=96", "train.learning_rate=1e-3", "train.max_steps=6",
-                                  "train.save_steps=3", "train.num_workers=2", *overrides])
+                                  "train.save_steps=3", "train.replicas=2", *overrides])
     return make
 
 
@@ -81,16 +81,25 @@ def assert_trained(summary, cfg, steps):
     assert reload_and_score(cfg.model_dir) > 0  # chosen now more likely than rejected
 
 
-def test_more_workers_than_the_cluster_fails_fast(ray_local, train_cfg):
-    start = time.perf_counter()
+@pytest.fixture
+def no_workers(monkeypatch):
+    """Fail the test if a Ray Train run starts: the checks must answer before any worker."""
+    import libra_ray.train.launcher as launcher
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a Ray Train run started although the inputs were bad")
+
+    monkeypatch.setattr(launcher, "fit_stage", refuse)
+
+
+def test_more_workers_than_the_cluster_fails_fast(ray_local, train_cfg, no_workers):
     with pytest.raises(ConfigError, match=r"CPU: need 3 \(3 workers\), cluster has 2"):
-        run(train_cfg("train.num_workers=3"))
+        run(train_cfg("train.replicas=3"))
     with pytest.raises(ConfigError, match=r"GPU: need 2 \(2 workers\), cluster has 0"):
         run(train_cfg("train.use_gpu=true"))
-    assert time.perf_counter() - start < 30
 
 
-def test_bad_inputs_fail_before_workers_start(ray_local, train_cfg, tmp_path):
+def test_bad_inputs_fail_before_workers_start(ray_local, train_cfg, tmp_path, no_workers):
     with pytest.raises(ConfigError, match="train.model: .* does not exist"):
         run(train_cfg(f"train.model={tmp_path / 'missing-model'}"))
     pq.write_table(pa.table({"prompt": ["p"], "chosen": ["c"]}), tmp_path / "bad.parquet")
@@ -98,7 +107,7 @@ def test_bad_inputs_fail_before_workers_start(ray_local, train_cfg, tmp_path):
         run(train_cfg(f"train.dataset={tmp_path / 'bad.parquet'}"))
     write_train_set(tmp_path / "small", n=3 * 8)  # 24 rows is fewer than 2 workers x 16
     with pytest.raises(ConfigError, match=r"24 rows is fewer than one global batch \(2 workers x 16\)"):
-        run(train_cfg(f"train.dataset={tmp_path / 'small'}", "train.per_device_batch_size=16"))
+        run(train_cfg(f"train.dataset={tmp_path / 'small'}", "train.per_device_train_batch_size=16"))
     import importlib.util
 
     if importlib.util.find_spec("wandb") is None:
@@ -109,9 +118,14 @@ def test_bad_inputs_fail_before_workers_start(ray_local, train_cfg, tmp_path):
 def test_dpo_two_workers_trains_saves_and_rerun_skips(ray_local, train_cfg):
     """2-worker DPO without DeepSpeed: loss decreases, checkpoints kept, model reloads; re-run does not retrain."""
     cfg = train_cfg("train.num_to_keep=1")
+    # Two rows whose prompt alone fills train.max_length (96): TRL drops them; the summary says so.
+    long_rows = [{"prompt": "Tell me about aspirin. " * 40, "chosen": "I cannot.", "rejected": "Sure.",
+                  "compound_id": "c9", "form": "text"}] * 2
+    pq.write_table(pa.Table.from_pylist(long_rows), os.path.join(cfg.train.dataset, "part-1.parquet"))
     summary = run(cfg)
     assert_trained(summary, cfg, steps=6)
-    assert summary["world_size"] == 2 and summary["rows"] == 64 and summary["resumed_from_step"] == 0
+    assert summary["world_size"] == 2 and summary["rows"] == 66 and summary["resumed_from_step"] == 0
+    assert summary["rows_dropped_too_long"] == 2, summary
     assert summary["engine"] == {"type": "DistributedDataParallel"}, summary["engine"]  # no DeepSpeed engine
     assert summary["rewards/accuracies"] > 0.5 and summary["rewards/margins"] > 0
     run_dir = os.path.dirname(summary["checkpoint"])

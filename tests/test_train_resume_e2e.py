@@ -18,25 +18,11 @@ import time
 import pytest
 
 from libra_ray.config import load_config
-from libra_ray.testing import CACHE, ROOT, saved_steps, write_train_set
+from libra_ray.testing import CACHE, ROOT, pids_mentioning, saved_steps, wait_for, write_train_set
 
 pytestmark = pytest.mark.e2e
 
 MAX_STEPS = 12
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(os.path.join(entry.path, "cmdline"), "rb") as f:
-                if text in f.read().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def _kill_all(pids: list[int]) -> None:
@@ -51,7 +37,7 @@ def test_driver_killed_mid_run_then_rerun_resumes(tmp_path, tiny_model_path):
     data = write_train_set(tmp_path / "data" / "train")
     overrides = [f"storage={tmp_path / 'runs'}", f"cache_dir={tiny_model_path.parent}", f"train.dataset={data}",
                  "train.max_length=96", "train.learning_rate=1e-3", f"train.max_steps={MAX_STEPS}",
-                 "train.save_steps=3", "train.num_workers=2", "ray.num_cpus=2"]
+                 "train.save_steps=3", "train.replicas=2", "ray.num_cpus=2"]
     cfg = load_config(None, overrides)
     ray_tmp = tempfile.mkdtemp(prefix="lrk", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp, "HF_HUB_OFFLINE": "1",
@@ -76,9 +62,17 @@ def test_driver_killed_mid_run_then_rerun_resumes(tmp_path, tiny_model_path):
         # Killed mid-run: intermediate checkpoints only, the final model not yet registered.
         assert saved_at_kill and "final" not in saved_at_kill and max(saved_at_kill) < MAX_STEPS, saved_at_kill
         assert not os.path.exists(os.path.join(cfg.model_dir, "libra_ray_train.json"))
-        time.sleep(2)
-        orphans = _pids_mentioning(ray_tmp)
-        _kill_all(orphans)  # whatever the kill left of that cluster (GCS, raylet, agents, workers)
+        # Whatever the kill left of that cluster (GCS, raylet, agents, workers), once no process appears or
+        # exits any more (polled: an event, not a fixed pause).
+        seen: list[set] = []
+
+        def settled() -> bool:  # the same processes at two polls in a row
+            seen.append(set(pids_mentioning(ray_tmp)))
+            return len(seen) >= 2 and seen[-1] == seen[-2]
+
+        wait_for(settled, 60, "the killed run's processes to settle", step=0.5)
+        orphans = sorted(seen[-1])
+        _kill_all(orphans)
 
         again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -92,4 +86,4 @@ def test_driver_killed_mid_run_then_rerun_resumes(tmp_path, tiny_model_path):
         print(f"orphans of the killed driver: {len(orphans)}; resumed from step {summary['resumed_from_step']}")
     finally:
         log.close()
-        _kill_all(_pids_mentioning(ray_tmp))
+        _kill_all(pids_mentioning(ray_tmp))

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from libra_ray._config_base import StrictModel, folder_name
 from libra_ray.llm.config import EndpointConfig
+from libra_ray.policy.rules import RuleName
 from libra_ray.seeds.catalogue import CLASSES
 
-JUDGE_PROMPT_IDS = ("synthesis_route_v1", "refusal_3class_v1", "refusal_3class_v2", "harmful_v1", "utility_ref_v1")
+# The judge prompts (libra_ray.policy.judge_prompts.JUDGE_PROMPTS holds their text): the one declaration of their ids.
+JudgePromptId = Literal["synthesis_route_v1", "refusal_3class_v1", "refusal_3class_v2", "harmful_v1", "utility_ref_v1"]
 # The judges whose label says refused-or-not (utility_ref scores quality instead).
-REFUSAL_JUDGE_IDS = ("refusal_3class_v1", "refusal_3class_v2", "synthesis_route_v1", "harmful_v1")
+RefusalJudgeId = Literal["refusal_3class_v1", "refusal_3class_v2", "synthesis_route_v1", "harmful_v1"]
+JUDGE_PROMPT_IDS: tuple[str, ...] = get_args(JudgePromptId)
+REFUSAL_JUDGE_IDS: tuple[str, ...] = get_args(RefusalJudgeId)
+
+# Engine settings our code sets from other keys; engine_kwargs may not override them.
+RESERVED_ENGINE_KWARGS = ("model",)
+
+
+def check_engine_kwargs(kwargs: dict[str, Any], engine: str) -> dict[str, Any]:
+    """engine_kwargs go to vLLM only, and never name the model (that is `path`)."""
+    if kwargs and engine not in ("vllm", "ray_data_llm"):
+        raise ValueError(f"engine_kwargs are passed to vLLM; engine {engine!r} takes none")
+    reserved = [k for k in kwargs if k in RESERVED_ENGINE_KWARGS]
+    if reserved:
+        raise ValueError(f"engine_kwargs must not set {', '.join(reserved)} (set path instead)")
+    return kwargs
+
 
 class BenchModelConfig(StrictModel):
     """One model under test. `path` "trained" = this run's trained model; "tiny" = the tiny model.
@@ -22,11 +40,18 @@ class BenchModelConfig(StrictModel):
     OpenAI-compatible API given by `endpoint`; `path` is then unused).
     """
 
-    name: str
-    engine: Literal["vllm", "ray_data_llm", "transformers", "openai"] = "vllm"
-    path: str = "trained"
-    # For engine "openai": the hosted endpoint (key from env by name).
-    endpoint: EndpointConfig | None = None
+    name: str = Field(description="the model's name in the report and its output folder")
+    engine: Literal["vllm", "ray_data_llm", "transformers", "openai"] = Field(
+        default="vllm", description="vllm (our vLLM actors), ray_data_llm (Ray's ray.data.llm processor), "
+        "transformers (generate actors), openai (an OpenAI-compatible API, see endpoint)")
+    path: str = Field(default="trained", description="the weights: trained (this run's model), tiny, "
+                      "tiny-pretrained, a hub id or a local folder (unused by engine openai)")
+    endpoint: EndpointConfig | None = Field(default=None, description="engine openai only: the endpoint (same keys "
+                                            "as synth.teacher; the key is read from the env var it names)")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments (vllm and "
+                                          "ray_data_llm engines), merged over ours (max_model_len, enforce_eager, "
+                                          "gpu_memory_utilization, tensor_parallel_size, seed), e.g. "
+                                          "{quantization: fp8, max_num_seqs: 64}; part of the generation key")
 
     _folder_name = field_validator("name")(folder_name)
 
@@ -34,6 +59,7 @@ class BenchModelConfig(StrictModel):
     def _endpoint_for_openai(self) -> "BenchModelConfig":
         if self.engine == "openai" and self.endpoint is None:
             raise ValueError("engine 'openai' needs an endpoint (base_url, model, api_key_env)")
+        check_engine_kwargs(self.engine_kwargs, self.engine)
         return self
 
 
@@ -48,10 +74,13 @@ DETECTOR_SCHEMES: dict[str, str] = {
 
 
 class BenchConfig(StrictModel):
+    """Stage 3: answers from every model under test on the benchmark prompts, labelled and scored."""
+
+    _renamed = {"num_replicas": "replicas", "num_cpus_per_replica": "num_cpus", "num_gpus_per_replica": "num_gpus"}
+
     models: list[BenchModelConfig] = Field(
-        default_factory=lambda: [BenchModelConfig(name="aligned", path="trained")], min_length=1
-    )
-    # Benchmark prompts: None = the held-out test split of this run's dataset.
+        default_factory=lambda: [BenchModelConfig(name="aligned", path="trained")], min_length=1,
+        description="the models under test (names unique)")
     prompts: str | None = Field(default=None, description="benchmark prompts: a Parquet file or folder, a CSV or a "
                                 "JSONL file (None = this run's test split)")
     prompt_column: str = Field(default="prompt", description="column of bench.prompts holding the prompt text")
@@ -64,47 +93,46 @@ class BenchConfig(StrictModel):
     class_values: dict[str, str] = Field(default_factory=dict, description="map raw class values to legitimate/"
                                          "illegitimate, e.g. {safe: legitimate, unsafe: illegitimate}")
     max_prompts: int | None = Field(default=None, ge=1, description="use only the first N distinct prompts")
-    system_prompt: str | None = None
-    # Generation scale: engine replicas (Ray actors), tensor parallel per replica, rows per batch.
-    num_replicas: int = Field(default=1, ge=1)
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    num_cpus_per_replica: float = Field(default=1.0, gt=0)
-    num_gpus_per_replica: float = Field(default=0.0, ge=0)
-    # vLLM knobs (CPU defaults that work on a small VM; raise gpu_memory_utilization on GPUs).
-    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
-    enforce_eager: bool = True
+    system_prompt: str | None = Field(default=None, description="system message before every prompt (null = none)")
+    replicas: int = Field(default=1, ge=1, description="engine replicas (Ray actors) per local model")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vLLM tensor parallel size per replica")
+    batch_size: int = Field(default=16, ge=1, description="prompts per engine call (Ray Data batch)")
+    num_cpus: float = Field(default=1.0, gt=0, description="CPUs per engine replica (transformers: its torch "
+                            "threads)")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per engine replica")
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1, description="vLLM gpu_memory_utilization (0.5 "
+                                          "suits the CPU build on a small VM; raise it on GPUs)")
+    enforce_eager: bool = Field(default=True, description="vLLM enforce_eager: no compilation/CUDA graphs (fast "
+                                "start; false for throughput on GPUs)")
     kv_cache_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build")
-    max_tokens: int = Field(default=64, ge=1)
-    temperature: float = Field(default=0.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int = 0
-    max_model_len: int = Field(default=1024, ge=64)
-    # Evaluation.
-    rule: Literal["paper", "start", "both", "opening"] = "paper"
-    judge: EndpointConfig = Field(default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=16))
-    # Judge prompts to run; the first refusal judge (synthesis_route / refusal_3class) decides `refused`.
-    judge_prompts: list[str] = Field(default_factory=lambda: ["synthesis_route_v1"])
+    max_tokens: int = Field(default=64, ge=1, description="max answer tokens per prompt")
+    temperature: float = Field(default=0.0, ge=0, description="sampling temperature (<= 1e-5 = greedy)")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling top_p")
+    seed: int = Field(default=0, description="sampling seed of every request (and vLLM's engine seed)")
+    max_model_len: int = Field(default=1024, ge=64, description="context length of the local engines (prompt + "
+                               "answer tokens)")
+    rule: RuleName = Field(default="paper", description="refusal keyword rule: paper (warning keyword anywhere), "
+                           "start (refusal phrase at the start), both, opening (a refusal clause in the opening "
+                           "sentences); see libra_ray/policy/rules.py")
+    judge: EndpointConfig = Field(default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=16),
+                                  description="the LLM judge (same keys as synth.teacher; null base_url = the "
+                                  "embedded tiny model)")
+    judge_prompts: list[JudgePromptId] = Field(
+        default_factory=lambda: ["synthesis_route_v1"],
+        description="judge prompts to run, from: " + ", ".join(JUDGE_PROMPT_IDS) + "; the first refusal judge "
+                    "decides refused")
     judge_max_attempts: int = Field(default=3, ge=1, description="tries per text while the reply is unparseable")
     judge_reasoning: bool = Field(default=True, description="also judge reasoning traces (leak rate)")
     use_judge: bool = Field(default=True, description="false = no judge endpoint (cascade: local labels; "
                             "paper: rule only)")
-    confidence: float = Field(default=0.95, gt=0, lt=1)
-    # Refusal labelling: which scheme, which local detector, when the judge is asked.
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="confidence level of the reported Wilson "
+                              "intervals")
     detector: str = Field(default="cascade", description="refusal labelling scheme: " + "; ".join(
         f"{k} = {v}" for k, v in DETECTOR_SCHEMES.items()))
     local_detector: str = Field(default="default", description="the local detector of the cascade/local schemes "
                                 "(a name for libra_ray.bench.detect.get_detector, e.g. default, classifier, rule:start)")
     judge_threshold: float = Field(default=0.8, ge=0, le=1, description="cascade: rows whose local confidence is "
                                    "below this go to the judge")
-
-    @field_validator("judge_prompts")
-    @classmethod
-    def _known_prompts(cls, ids: list[str]) -> list[str]:
-        unknown = [i for i in ids if i not in JUDGE_PROMPT_IDS]
-        if unknown:
-            raise ValueError(f"unknown judge prompt(s) {unknown}; known: {', '.join(JUDGE_PROMPT_IDS)}")
-        return ids
 
     @field_validator("detector")
     @classmethod

@@ -122,12 +122,12 @@ class VLLMEngine(_SharedEngine):
     def __init__(self, model: str, *, max_model_len: int, max_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True,
-                 kv_cache_gib: int = 1, system_prompt: str | None = None):
+                 kv_cache_gib: int = 1, system_prompt: str | None = None, engine_kwargs: dict | None = None):
         from libra_ray.engines.vllm_engine import VLLMEngine as Shared
 
         engine = Shared(model, max_model_len=max_model_len, mode="batch", kv_cache_gib=kv_cache_gib,
                         enforce_eager=enforce_eager, gpu_memory_utilization=gpu_memory_utilization,
-                        tensor_parallel_size=tensor_parallel_size, seed=seed)
+                        tensor_parallel_size=tensor_parallel_size, seed=seed, engine_kwargs=engine_kwargs)
         super().__init__(engine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                          system_prompt=system_prompt)
 

@@ -94,6 +94,8 @@ def generation_fingerprint(cfg: "PipelineConfig", model: "BenchModelConfig") -> 
                 "model": model_identity(cfg, model), "temperature": b.temperature,
                 "top_p": b.top_p, "seed": b.seed, "max_tokens": b.max_tokens, "system_prompt": b.system_prompt,
                 "max_model_len": b.max_model_len}
+    if model.engine_kwargs:  # only when set, so keys made before engine_kwargs existed stay valid
+        settings["engine_kwargs"] = model.engine_kwargs
     return {"settings": settings, "hash": stable_hash(settings)}
 
 

@@ -69,14 +69,14 @@ def _engine_args(cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str
         return OpenAIEngine, kwargs, {"num_cpus": 0.25}
     path = _local_model(cfg, model)
     if model.engine == "transformers":
-        threads = max(1, int(b.num_cpus_per_replica))
+        threads = max(1, int(b.num_cpus))
         kwargs = dict(max_model_len=b.max_model_len, seed=b.seed, num_threads=threads, **common)
-        return TransformersEngine, {"model": path, **kwargs}, {"num_cpus": b.num_cpus_per_replica,
-                                                               "num_gpus": b.num_gpus_per_replica}
+        return TransformersEngine, {"model": path, **kwargs}, {"num_cpus": b.num_cpus,
+                                                               "num_gpus": b.num_gpus}
     kwargs = dict(model=path, max_model_len=b.max_model_len, seed=b.seed, tensor_parallel_size=b.tensor_parallel_size,
                   gpu_memory_utilization=b.gpu_memory_utilization, enforce_eager=b.enforce_eager,
-                  kv_cache_gib=b.kv_cache_gib, **common)
-    return VLLMEngine, kwargs, {"num_cpus": b.num_cpus_per_replica, "num_gpus": b.num_gpus_per_replica}
+                  kv_cache_gib=b.kv_cache_gib, engine_kwargs=model.engine_kwargs, **common)
+    return VLLMEngine, kwargs, {"num_cpus": b.num_cpus, "num_gpus": b.num_gpus}
 
 
 def _local_model(cfg: "PipelineConfig", model: "BenchModelConfig") -> str:
@@ -89,7 +89,7 @@ def _local_model(cfg: "PipelineConfig", model: "BenchModelConfig") -> str:
 def _actor_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str | None):
     cls, kwargs, resources = _engine_args(cfg, model, base_url)
     return ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=cfg.bench.batch_size,
-                          concurrency=cfg.bench.num_replicas, batch_format="pyarrow", **resources)
+                          concurrency=cfg.bench.replicas, batch_format="pyarrow", **resources)
 
 
 def _ray_data_llm_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig"):
@@ -101,15 +101,16 @@ def _ray_data_llm_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig")
     b = cfg.bench
     config = vLLMEngineProcessorConfig(
         model_source=_local_model(cfg, model),
-        engine_kwargs=dict(max_model_len=b.max_model_len, enforce_eager=b.enforce_eager,
-                           gpu_memory_utilization=b.gpu_memory_utilization,
-                           tensor_parallel_size=b.tensor_parallel_size, seed=b.seed),
+        engine_kwargs={**dict(max_model_len=b.max_model_len, enforce_eager=b.enforce_eager,
+                              gpu_memory_utilization=b.gpu_memory_utilization,
+                              tensor_parallel_size=b.tensor_parallel_size, seed=b.seed),
+                       **model.engine_kwargs},  # the user's over ours
         runtime_env={"env_vars": vllm_env(b.kv_cache_gib)},
         batch_size=b.batch_size,
-        concurrency=b.num_replicas,
+        concurrency=b.replicas,
         # On CPU the engine must ask for CPUs, not the default GPU bundle (which never schedules here).
-        placement_group_config={"bundles": [{"CPU": b.num_cpus_per_replica, "GPU": b.num_gpus_per_replica}
-                                            if b.num_gpus_per_replica else {"CPU": b.num_cpus_per_replica}]
+        placement_group_config={"bundles": [{"CPU": b.num_cpus, "GPU": b.num_gpus}
+                                            if b.num_gpus else {"CPU": b.num_cpus}]
                                 * b.tensor_parallel_size},
         should_continue_on_error=True,
         chat_template_stage=dict(_HELPER_STAGE),
@@ -203,7 +204,7 @@ def generate(cfg: "PipelineConfig", model: "BenchModelConfig", prompts: pa.Table
         log.info("%s: all %d rows already generated", model.name, total)
         return summary
     log.info("%s: generating %d of %d rows with %s (%d replica(s))", model.name, todo.num_rows, total,
-             model.engine, cfg.bench.num_replicas)
+             model.engine, cfg.bench.replicas)
     # Stream blocks back as they finish and persist each: a crash loses at most the blocks in flight.
     for block in _generated_blocks(todo, cfg, model, base_url):
         block = _normalise_types(block).append_column("model", pa.array([model.name] * block.num_rows, pa.string()))

@@ -41,6 +41,8 @@ def read_table(path: str) -> pa.Table:
             from pyarrow import json as pajson
 
             # Every CSV cell stays text (class values such as "0"/"1" are matched as written); empty = null.
+            if info.size == 0:
+                return pa.table({})  # an empty file is a table without rows, not a parse error
             with fs.open_input_stream(p) as f:
                 if suffix == "csv":
                     options = pacsv.ConvertOptions(column_types=_all_strings(fs, p), strings_can_be_null=True)
@@ -75,6 +77,8 @@ def load_prompts(path: str, prompt_column: str = "prompt", class_column: str = "
         table = read_table(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise ValueError(f"benchmark prompts at {path} cannot be read: {str(err).splitlines()[0]}") from None
+    if table.num_rows == 0:  # an empty file, a header only, a folder without Parquet files
+        raise ValueError(f"benchmark prompts at {path} hold no prompt: the set is empty, nothing to benchmark")
     names = table.column_names
     wanted = {"bench.prompt_column": prompt_column, "bench.class_column": class_column}
     if category_column is not None:
@@ -106,7 +110,7 @@ def load_prompts(path: str, prompt_column: str = "prompt", class_column: str = "
             out["reference"] = row[reference_column]
         rows.append(out)
     if not rows:
-        raise ValueError(f"benchmark prompts at {path} hold no prompt")
+        raise ValueError(f"benchmark prompts at {path} hold no prompt: every {prompt_column!r} is empty, nothing to benchmark")
     return pa.Table.from_pylist(rows)
 
 

@@ -20,10 +20,27 @@ from libra_ray.engines.params import GenParams, engine_error, result
 log = logging.getLogger(__name__)
 
 
+def vllm_engine_args(model_path: str, *, engine_kwargs: dict | None = None, **ours) -> dict:
+    """vLLM engine arguments: ours, then the user's `engine_kwargs` over them (configs refuse a `model` there)."""
+    return {"model": model_path, **ours, **(engine_kwargs or {})}
+
+
+def sampling_kwargs(params: GenParams, max_tokens: int | None = None) -> dict:
+    """One request's vLLM sampling settings, for `SamplingParams` and for an OpenAI-server request body
+    (Ray Serve LLM). Greedy is temperature 0. top_k/min_p/repetition_penalty are spelled out at vLLM's
+    neutral values: its OpenAI layer would otherwise take them from the model's generation config."""
+    greedy = params.greedy
+    return {"max_tokens": max_tokens or params.max_tokens, "temperature": 0.0 if greedy else params.temperature,
+            "top_p": 1.0 if greedy else params.top_p, "stop": params.stop or None, "seed": params.seed,
+            "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
 class VLLMEngine(Engine):
     def __init__(self, model_path: str, *, max_model_len: int = 1024, mode: str = "batch", kv_cache_gib: int = 1,
                  enforce_eager: bool = True, dtype: str = "auto", gpu_memory_utilization: float = 0.5,
-                 tensor_parallel_size: int = 1, seed: int = 0):
+                 tensor_parallel_size: int = 1, seed: int = 0, engine_kwargs: dict | None = None):
+        """`engine_kwargs`: any further vLLM engine arguments (`LLM(...)` / `AsyncEngineArgs`), merged over
+        the settings above, like `ray.data.llm`'s `vLLMEngineProcessorConfig.engine_kwargs`."""
         if mode not in ("batch", "async"):
             raise ValueError(f"mode must be 'batch' or 'async', got {mode!r}")
         apply_vllm_env(kv_cache_gib)  # before vLLM is imported
@@ -31,10 +48,10 @@ class VLLMEngine(Engine):
 
         self.SamplingParams = SamplingParams
         self.mode = mode
-        self.max_model_len = max_model_len
-        args = dict(model=model_path, max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype,
-                    gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
-                    seed=seed)
+        args = vllm_engine_args(model_path, max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype,
+                                gpu_memory_utilization=gpu_memory_utilization,
+                                tensor_parallel_size=tensor_parallel_size, seed=seed, engine_kwargs=engine_kwargs)
+        self.max_model_len = args["max_model_len"]  # the user's engine_kwargs may have raised it
         if mode == "batch":
             from vllm import LLM
 
@@ -43,17 +60,14 @@ class VLLMEngine(Engine):
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
-            self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(disable_log_stats=True, **args))
+            self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**{"disable_log_stats": True, **args}))
         from transformers import AutoTokenizer
 
         self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model_path))
 
     def sampling(self, params: GenParams, max_tokens: int | None = None):
         """This request's SamplingParams (greedy is temperature 0 in vLLM too)."""
-        greedy = params.greedy
-        return self.SamplingParams(max_tokens=max_tokens or params.max_tokens,
-                                   temperature=0.0 if greedy else params.temperature,
-                                   top_p=1.0 if greedy else params.top_p, stop=params.stop or None, seed=params.seed)
+        return self.SamplingParams(**sampling_kwargs(params, max_tokens))
 
     @staticmethod
     def _result(prompt_ids: list[int], comp) -> dict:

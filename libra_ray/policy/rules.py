@@ -28,10 +28,11 @@ Rules are cheap and transparent; the LLM judge (`libra_ray.policy.judge_prompts`
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, get_args
 
+# The one declaration of the rule names (configs accept exactly these: bench.rule, serve.guard_rule).
 RuleName = Literal["paper", "start", "both", "opening"]
-RULES: tuple[str, ...] = ("paper", "start", "both", "opening")
+RULES: tuple[str, ...] = get_args(RuleName)
 
 # The paper's warning keywords (Sec. 4: rule-based label).
 PAPER_KEYWORDS: tuple[str, ...] = ("dangerous", "illegal", "hazardous", "controlled substance", "toxic")

@@ -50,7 +50,9 @@ class Compound:
 
 
 def slugify(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    """A compound id from its name: lower-case letters and digits of any script, runs of the rest as "-"
+    (ASCII names as before; "咖啡因" or "Зарин" keep their letters instead of becoming "")."""
+    return re.sub(r"[\W_]+", "-", name.lower()).strip("-")
 
 
 def canonical_smiles(smiles: str) -> str | None:

@@ -4,6 +4,9 @@
                                         |-- handle --> ModelServer "policy" (autoscaled replicas)
                                         '-- handle --> ModelServer "judge"  (autoscaled replicas)
 
+A vLLM model (`engine: vllm`, `vllm_server: ray_serve_llm`, the default) is served by Ray Serve LLM's
+`LLMServer` instead (`ray_llm.py`), with the same `generate`/`stream` interface.
+
 Every client mistake becomes an OpenAI-format error (`{"error": {message, type, param, code}}`) with a
 4xx status; engine replicas return request errors as values (never raise), so a bad request can
 never kill a replica. The import path used by the YAMLs under `serve/` is `libra_ray.deploy:app_builder`.
@@ -507,6 +510,11 @@ def build_app(models: list[ServedModelConfig], cfg: ServeConfig):
         raise ValueError(f"served model names must be unique: {names}")
     handles = {}
     for m in models:
+        if m.engine == "vllm" and m.vllm_server == "ray_serve_llm":
+            from libra_ray.serve.ray_llm import build_deployment
+
+            handles[m.name] = build_deployment(m, deployment_name(m.name), access_log=cfg.access_log)
+            continue
         handles[m.name] = ModelServer.options(
             name=deployment_name(m.name),
             autoscaling_config=m.autoscaling.to_serve(),
@@ -516,7 +524,7 @@ def build_app(models: list[ServedModelConfig], cfg: ServeConfig):
             logging_config={"enable_access_log": cfg.access_log},
         ).bind(m.model_dump())
     ingress = OpenAIIngress.options(
-        name="ingress", num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        name="ingress", num_replicas=cfg.ingress.replicas, ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
         logging_config={"enable_access_log": cfg.access_log},
     )
     return ingress.bind(handles, {m.name: m.max_tokens_limit for m in models}, cfg.model_dump(), load_key_hashes(cfg))

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from libra_ray._config_base import StrictModel
+from libra_ray.bench.config import RefusalJudgeId, check_engine_kwargs
+from libra_ray.policy.rules import RuleName
 
 
 class AutoscalingConfig(StrictModel):
     """Serve autoscaling of one engine deployment (replicas scale on ongoing requests per replica)."""
 
-    min_replicas: int = Field(default=1, ge=0, description="0 = scale to zero when idle")
-    max_replicas: int = Field(default=2, ge=1)
-    initial_replicas: int | None = Field(default=None, ge=0)
+    min_replicas: int = Field(default=1, ge=0, description="fewest replicas; 0 = scale to zero when idle")
+    max_replicas: int = Field(default=2, ge=1, description="most replicas")
+    initial_replicas: int | None = Field(default=None, ge=0, description="replicas at start (null = min_replicas, "
+                                         "or 1 when min_replicas is 0)")
     # Serve LLM's default is 1e9, which never scales: always set explicitly.
-    target_ongoing_requests: float = Field(default=2.0, gt=0)
-    upscale_delay_s: float = Field(default=2.0, ge=0)
-    downscale_delay_s: float = Field(default=10.0, ge=0)
-    metrics_interval_s: float = Field(default=1.0, gt=0)
-    look_back_period_s: float = Field(default=5.0, gt=0)
+    target_ongoing_requests: float = Field(default=2.0, gt=0, description="ongoing requests per replica the "
+                                           "autoscaler aims for")
+    upscale_delay_s: float = Field(default=2.0, ge=0, description="seconds of high load before adding replicas")
+    downscale_delay_s: float = Field(default=10.0, ge=0, description="seconds of low load before removing replicas")
+    metrics_interval_s: float = Field(default=1.0, gt=0, description="how often replicas report their load")
+    look_back_period_s: float = Field(default=5.0, gt=0, description="window the load is averaged over")
 
     @model_validator(mode="after")
     def _bounds(self) -> "AutoscalingConfig":
@@ -43,23 +47,41 @@ class ServedModelConfig(StrictModel):
     light `generate` engine that starts in seconds (tests, the embedded default on 2 CPUs).
     """
 
-    name: str
-    path: str = "tiny"
-    engine: Literal["vllm", "transformers"] = "transformers"
-    num_cpus: float = Field(default=0.5, gt=0)
-    num_gpus: float = Field(default=0, ge=0)
-    max_model_len: int = Field(default=1024, ge=64)
+    _renamed = {"vllm_kv_cache_gib": "kv_cache_gib", "vllm_enforce_eager": "enforce_eager", "vllm_dtype": "dtype"}
+
+    name: str = Field(description="the served model name (the request's model field)")
+    path: str = Field(default="tiny", description="the weights: trained (this run's model), tiny, tiny-pretrained, "
+                      "a hub id or a local folder")
+    engine: Literal["vllm", "transformers"] = Field(default="transformers", description="vllm (AsyncLLM, continuous "
+                                                    "batching) or transformers (starts in seconds on CPUs)")
+    num_cpus: float = Field(default=0.5, gt=0, description="CPUs per replica")
+    num_gpus: float = Field(default=0, ge=0, description="GPUs per replica")
+    max_model_len: int = Field(default=1024, ge=64, description="context length (prompt + answer tokens)")
     max_tokens_limit: int = Field(default=512, ge=1, description="largest max_tokens a request may ask for")
     max_ongoing_requests: int = Field(default=16, ge=1, description="per replica; more queue in the router")
-    # Dynamic batching of non-streaming requests (transformers engine).
-    max_batch_size: int = Field(default=8, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    max_batch_size: int = Field(default=8, ge=1, description="transformers: non-streaming requests batched together")
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0, description="transformers: how long a batch waits to "
+                                        "fill")
     torch_threads: int = Field(default=1, ge=1, description="intra-op threads per replica (transformers)")
-    # vLLM on CPU (see ENVIRONMENT.md): KV cache GiB and eager mode for a fast start.
-    vllm_kv_cache_gib: int = Field(default=1, ge=1)
-    vllm_enforce_eager: bool = True
-    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    kv_cache_gib: int = Field(default=1, ge=1, description="vllm: VLLM_CPU_KVCACHE_SPACE for the CPU build")
+    enforce_eager: bool = Field(default=True, description="vllm: enforce_eager, no compilation/CUDA graphs (fast "
+                                "start; false for throughput on GPUs)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="vllm: weight dtype")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: extra vLLM engine arguments "
+                                          "(AsyncEngineArgs), merged over ours (max_model_len, enforce_eager, dtype, "
+                                          "gpu_memory_utilization, tensor_parallel_size, seed), e.g. "
+                                          "{max_num_seqs: 64}")
+    vllm_server: Literal["ray_serve_llm", "libra"] = Field(
+        default="ray_serve_llm",
+        description="engine 'vllm' only: the deployment that runs vLLM. 'ray_serve_llm' = Ray Serve LLM's "
+                    "LLMServer (ray.serve.llm) behind our ingress; 'libra' = our ModelServer with vLLM's AsyncLLM")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Serve autoscaling of "
+                                           "this model's replicas (Serve's own field names)")
+
+    @model_validator(mode="after")
+    def _engine_kwargs_for_vllm(self) -> "ServedModelConfig":
+        check_engine_kwargs(self.engine_kwargs, self.engine)
+        return self
 
     @field_validator("name")
     @classmethod
@@ -69,31 +91,45 @@ class ServedModelConfig(StrictModel):
         return name
 
 
+class IngressConfig(StrictModel):
+    """The OpenAI-compatible ingress deployment (routing, auth, guard; no model)."""
+
+    replicas: int = Field(default=1, ge=1, description="ingress replicas")
+    num_cpus: float = Field(default=0.25, gt=0, description="CPUs per ingress replica")
+
+
 class ServeConfig(StrictModel):
-    policy: ServedModelConfig = Field(default_factory=lambda: ServedModelConfig(name="policy", path="trained"))
-    judge: ServedModelConfig = Field(default_factory=lambda: ServedModelConfig(name="judge", path="tiny"))
-    host: str = "127.0.0.1"
+    """Stage 4: the policy and the judge in one OpenAI-compatible Serve app."""
+
+    _renamed = {"ingress_num_cpus": "ingress.num_cpus", "ingress_replicas": "ingress.replicas"}
+
+    policy: ServedModelConfig = Field(default_factory=lambda: ServedModelConfig(name="policy", path="trained"),
+                                      description="the served policy (default: this run's trained model)")
+    judge: ServedModelConfig = Field(default_factory=lambda: ServedModelConfig(name="judge", path="tiny"),
+                                     description="the served judge (guard mode asks it)")
+    host: str = Field(default="127.0.0.1", description="HTTP host (0.0.0.0 = every interface)")
     port: int = Field(default=8000, ge=0, le=65535, description="0 = a free port")
-    route_prefix: str = "/"
-    app_name: str = "libra_ray"
-    ingress_num_cpus: float = Field(default=0.25, gt=0)
-    ingress_replicas: int = Field(default=1, ge=1)
-    # Optional API-key auth: keys from this env var (comma-separated) and/or a secret file
-    # (one key per line). Unset both for an open endpoint (fine on 127.0.0.1).
-    api_keys_env: str | None = None
-    api_keys_file: str | None = None
-    # Guard: the judge screens the policy's answer with the benchmark's judge prompt + rule.
-    # "flag" adds a `libra_guard` verdict to the response; "block" replaces a flagged answer.
-    guard: Literal["off", "flag", "block"] = "off"
-    guard_prompt: str = "synthesis_route_v1"
-    guard_rule: Literal["paper", "start", "both"] = "paper"
+    route_prefix: str = Field(default="/", description="URL prefix of the app")
+    app_name: str = Field(default="libra_ray", description="Serve application name")
+    ingress: IngressConfig = Field(default_factory=IngressConfig, description="the ingress deployment")
+    api_keys_env: str | None = Field(default=None, description="env var holding accepted API keys, comma-separated "
+                                     "(null and no api_keys_file = an open endpoint, fine on 127.0.0.1)")
+    api_keys_file: str | None = Field(default=None, description="secret file with one accepted API key per line")
+    guard: Literal["off", "flag", "block"] = Field(default="off", description="the judge screens the policy's answers "
+                                                   "with the benchmark's judge prompt + rule: flag adds a libra_guard "
+                                                   "verdict, block replaces a flagged answer")
+    guard_prompt: RefusalJudgeId = Field(default="synthesis_route_v1", description="the guard's judge prompt (a "
+                                         "refusal judge id, as bench.judge_prompts)")
+    guard_rule: RuleName = Field(default="paper", description="the guard's refusal rule (as bench.rule): an answer "
+                                 "the rule sees as a refusal is never flagged")
     guard_fail_closed: bool = Field(default=True, description="block mode: also block answers the judge left unjudged")
     guard_models: list[str] = Field(default_factory=lambda: ["policy"], description="served names screened")
-    guard_refusal: str = "I can't help with that request."
-    max_request_bytes: int = Field(default=1_000_000, ge=1024)
-    # Per-request access log lines of every replica (off for the embedded local endpoint: a synth run
-    # makes thousands of calls and the lines would bury its progress bar).
-    access_log: bool = True
+    guard_refusal: str = Field(default="I can't help with that request.", description="block mode: the answer that "
+                               "replaces a blocked one")
+    max_request_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body accepted (413 "
+                                   "beyond)")
+    access_log: bool = Field(default=True, description="per-request access log lines of every replica (off for the "
+                             "embedded local endpoint, whose thousands of calls would bury progress bars)")
 
     @field_validator("policy", "judge", mode="before")
     @classmethod

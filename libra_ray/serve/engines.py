@@ -16,8 +16,9 @@ from libra_ray.engines.vllm_engine import VLLMEngine
 def make_engine(spec):
     """The engine for one `ServedModelConfig` (vLLM in its async mode)."""
     if spec.engine == "vllm":
-        return VLLMEngine(spec.path, max_model_len=spec.max_model_len, mode="async", kv_cache_gib=spec.vllm_kv_cache_gib,
-                          enforce_eager=spec.vllm_enforce_eager, dtype=spec.vllm_dtype)
+        return VLLMEngine(spec.path, max_model_len=spec.max_model_len, mode="async", kv_cache_gib=spec.kv_cache_gib,
+                          enforce_eager=spec.enforce_eager, dtype=spec.dtype,
+                          engine_kwargs=spec.engine_kwargs)
     return TransformersEngine(spec.path, max_model_len=spec.max_model_len, num_threads=spec.torch_threads)
 
 

@@ -11,31 +11,37 @@ from libra_ray.llm.config import EndpointConfig
 
 
 class SynthConfig(StrictModel):
-    # Seed catalogue: None = the shipped catalogue; or a path to a user CSV with the same columns.
-    seeds_csv: str | None = None
-    # Seed counts per class; the ratio legitimate:illegitimate is exactly num_legitimate:num_illegitimate.
-    num_legitimate: int = Field(default=24, ge=0)
-    num_illegitimate: int = Field(default=24, ge=0)
-    forms: list[Literal["TEXT", "SMILES"]] = Field(default_factory=lambda: ["TEXT", "SMILES"], min_length=1)
-    # Rephrasings per seed: prompt, chosen, rejected (published 5-5-5). The seed text is kept as item #0.
-    n_prompt: int = Field(default=5, ge=1, le=50)
-    n_chosen: int = Field(default=5, ge=1, le=50)
-    n_rejected: int = Field(default=5, ge=1, le=50)
-    # paired: triplet i = (prompt[i], chosen[i], rejected[i]) cycling the shorter lists -> max(P, C, R) per seed;
-    # product: every prompt x chosen x rejected -> P * C * R per seed (P, C, R include the seed text).
-    combination: Literal["paired", "product"] = "paired"
-    # Fraction of compounds (per class) held out for test; the split is by compound, never by prompt.
-    test_fraction: float = Field(default=0.2, ge=0, lt=1)
-    seed: int = 0
-    teacher: EndpointConfig = Field(default_factory=EndpointConfig)
-    prompt_version: Literal["v1"] = "v1"
-    # Ray Data parallelism: concurrent teacher workers (actors) and seeds per batch.
-    concurrency: int = Field(default=2, ge=1)
-    batch_size: int = Field(default=8, ge=1)
-    # CPU share of each teacher actor: they mostly wait on HTTP, and a full CPU each deadlocks small clusters.
-    worker_num_cpus: float = Field(default=0.25, gt=0)
-    # Near-duplicate removal beyond exact/normalised text: word-trigram Jaccard >= this drops a paraphrase.
-    near_duplicate_jaccard: float | None = Field(default=None, gt=0, le=1)
+    """Stage 1: a balanced seed of compounds, paraphrased by a teacher on Ray Data actors, into triplets."""
+
+    _renamed = {"concurrency": "replicas", "worker_num_cpus": "num_cpus"}
+
+    seeds_csv: str | None = Field(default=None, description="seed catalogue CSV with the shipped catalogue's columns "
+                                  "(null = the shipped libra_ray/seeds/catalogue.csv)")
+    num_legitimate: int = Field(default=24, ge=0, description="legitimate seed compounds; the seed ratio is exactly "
+                                "num_legitimate:num_illegitimate")
+    num_illegitimate: int = Field(default=24, ge=0, description="illegitimate seed compounds")
+    forms: list[Literal["TEXT", "SMILES"]] = Field(default_factory=lambda: ["TEXT", "SMILES"], min_length=1,
+                                                   description="surface forms of each seed: compound name (TEXT) "
+                                                   "and/or SMILES")
+    n_prompt: int = Field(default=5, ge=1, le=50, description="paraphrases per seed request (published 5); the "
+                          "seed text is kept as item #0")
+    n_chosen: int = Field(default=5, ge=1, le=50, description="paraphrases of the chosen response (published 5)")
+    n_rejected: int = Field(default=5, ge=1, le=50, description="paraphrases of the rejected response (published 5)")
+    combination: Literal["paired", "product"] = Field(
+        default="paired", description="paired: triplet i = (prompt[i], chosen[i], rejected[i]), cycling the shorter "
+        "lists -> max(P, C, R) per seed; product: every prompt x chosen x rejected -> P*C*R per seed")
+    test_fraction: float = Field(default=0.2, ge=0, lt=1, description="fraction of compounds (per class) held out "
+                                 "for the test split; split by compound, never by prompt")
+    seed: int = Field(default=0, description="random seed of seed sampling and the train/test split")
+    teacher: EndpointConfig = Field(default_factory=EndpointConfig, description="the teacher that paraphrases "
+                                    "(any OpenAI-compatible endpoint)")
+    prompt_version: Literal["v1"] = Field(default="v1", description="version of the teacher's paraphrase prompts")
+    replicas: int = Field(default=2, ge=1, description="teacher workers (Ray Data actors), each with its own client")
+    num_cpus: float = Field(default=0.25, gt=0, description="CPU share per teacher worker: they mostly wait on "
+                            "HTTP, and a full CPU each deadlocks small clusters")
+    batch_size: int = Field(default=8, ge=1, description="seeds per Ray Data batch of a teacher worker")
+    near_duplicate_jaccard: float | None = Field(default=None, gt=0, le=1, description="also drop a paraphrase "
+                                                 "whose word-trigram Jaccard to an earlier one is >= this (null = off)")
     semantic_dedup_threshold: float | None = Field(
         default=None, gt=0, le=1,
         description="drop a paraphrase whose sentence-embedding cosine to an earlier one of the same list is >= this "
@@ -45,7 +51,7 @@ class SynthConfig(StrictModel):
         default=None,
         description="optional second safety check: an LLM judge asked (prompt actionable_v1, cached) whether each "
                     "paraphrase of an illegitimate seed is actionable; drops counted apart from the rule gate. "
-                    "None = off; base_url null = the teacher's endpoint")
+                    "None = off; base_url null = the teacher's endpoint (same keys as synth.teacher)")
     rows_per_shard: int = Field(default=5000, ge=1, description="max rows per Parquet file")
 
     @model_validator(mode="after")

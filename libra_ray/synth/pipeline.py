@@ -1,7 +1,7 @@
 """Stage 1 on Ray Data: balanced seed -> teacher paraphrases -> (prompt, chosen, rejected) triplets.
 
     phase 1 (driver)   seeds from the catalogue; seed request + seed responses from templates
-    phase 2 (Ray Data) `TeacherStage` actors (map_batches, concurrency=synth.concurrency) ask the teacher
+    phase 2 (Ray Data) `TeacherStage` actors (map_batches, concurrency=synth.replicas) ask the teacher
                        for N paraphrases of each part, concurrently; safety gate; de-duplication
     phase 3 (Ray Data) flat_map: combination into triplets, labels flipped per class
     output             {dataset_dir}/train/*.parquet, test/*.parquet, README.md + card.json
@@ -205,8 +205,8 @@ def teacher_map_kwargs(synth: "SynthConfig") -> dict:
     see `libra_ray.llm.stage.actor_pool_map_kwargs`)."""
     from libra_ray.llm.stage import actor_pool_map_kwargs
 
-    return actor_pool_map_kwargs(synth.concurrency, synth.batch_size, synth.teacher.max_concurrency, 3,
-                                 synth.worker_num_cpus)
+    return actor_pool_map_kwargs(synth.replicas, synth.batch_size, synth.teacher.max_concurrency, 3,
+                                 synth.num_cpus)
 
 
 # ---- phase 3 ----------------------------------------------------------------------------------

@@ -10,14 +10,15 @@ from libra_ray._config_base import StrictModel
 class TinyModelConfig(StrictModel):
     """The tiny Llama built locally (no hub here). Used wherever a model is `"tiny"`."""
 
-    seed: int = 0
-    hidden_size: int = Field(default=128, ge=32)
-    num_layers: int = Field(default=2, ge=1)
-    num_heads: int = Field(default=4, ge=1)
-    num_kv_heads: int = Field(default=2, ge=1)
-    intermediate_size: int = Field(default=256, ge=8)
-    vocab_size: int = Field(default=1024, ge=300)
-    max_position_embeddings: int = Field(default=1024, ge=64)
+    seed: int = Field(default=0, description="weight-init seed (the model is deterministic from its config)")
+    hidden_size: int = Field(default=128, ge=32, description="Llama hidden size")
+    num_layers: int = Field(default=2, ge=1, description="decoder layers")
+    num_heads: int = Field(default=4, ge=1, description="attention heads (hidden_size / num_heads must be a head "
+                           "size vLLM's CPU attention supports)")
+    num_kv_heads: int = Field(default=2, ge=1, description="key/value heads (grouped-query attention)")
+    intermediate_size: int = Field(default=256, ge=8, description="MLP width")
+    vocab_size: int = Field(default=1024, ge=300, description="byte-level BPE vocabulary size")
+    max_position_embeddings: int = Field(default=1024, ge=64, description="longest context")
 
     @field_validator("num_heads")
     @classmethod
@@ -36,12 +37,12 @@ class PretrainedTinyConfig(TinyModelConfig):
     """The tiny Llama pretrained on facts about every catalogue compound (`model: tiny-pretrained`):
     the embedded default's base model, which knows what a compound is (see libra_ray.tiny.pretrained)."""
 
-    hidden_size: int = Field(default=128, ge=32)
-    num_layers: int = Field(default=3, ge=1)
-    num_heads: int = Field(default=4, ge=1)
-    num_kv_heads: int = Field(default=2, ge=1)
-    intermediate_size: int = Field(default=384, ge=8)
-    vocab_size: int = Field(default=2048, ge=300)
+    hidden_size: int = Field(default=128, ge=32, description="Llama hidden size")
+    num_layers: int = Field(default=3, ge=1, description="decoder layers")
+    num_heads: int = Field(default=4, ge=1, description="attention heads")
+    num_kv_heads: int = Field(default=2, ge=1, description="key/value heads (grouped-query attention)")
+    intermediate_size: int = Field(default=384, ge=8, description="MLP width")
+    vocab_size: int = Field(default=2048, ge=300, description="byte-level BPE vocabulary size")
     epochs: int = Field(default=10, ge=1, description="passes over the fact corpus")
     batch_size: int = Field(default=32, ge=1, description="packed windows per step")
     seq_len: int = Field(default=128, ge=16, description="tokens per packed window")

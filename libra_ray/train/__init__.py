@@ -13,4 +13,10 @@ def run(cfg):  # noqa: ANN001 - PipelineConfig; imported lazily so `import libra
     return _run(cfg)
 
 
-__all__ = ["run"]
+def preflight(cfg):  # noqa: ANN001 - PipelineConfig; input checks that need no Ray (the CLI calls them first)
+    from libra_ray.train.launcher import preflight as _preflight
+
+    _preflight(cfg)
+
+
+__all__ = ["preflight", "run"]

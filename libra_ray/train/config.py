@@ -16,57 +16,88 @@ DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 
 
 class LoraConfig(StrictModel):
-    enabled: bool = False
-    r: int = Field(default=16, ge=1)
-    alpha: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: list[str] | str = "all-linear"
+    """LoRA adapters (PEFT's LoraConfig; its field names). Merged into the final model."""
+
+    _renamed = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
+
+    enabled: bool = Field(default=False, description="train LoRA adapters instead of the full model")
+    r: int = Field(default=16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling alpha")
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="dropout on the LoRA layers")
+    target_modules: list[str] | str = Field(default="all-linear", description="modules that get adapters "
+                                            "(PEFT's names, or all-linear)")
 
 
 class SFTStageConfig(StrictModel):
     """The paper's first step: SFT on the chosen responses; DPO then starts from (and refers to) it."""
 
-    enabled: bool = False
-    max_steps: int = Field(default=8, ge=1)
-    learning_rate: float = Field(default=5e-5, gt=0)
+    enabled: bool = Field(default=False, description="run SFT on the chosen responses before DPO")
+    max_steps: int = Field(default=8, ge=1, description="SFT optimizer steps (TRL SFTConfig.max_steps)")
+    learning_rate: float = Field(default=5e-5, gt=0, description="SFT peak learning rate (TRL SFTConfig.learning_rate)")
 
 
 class TrainConfig(StrictModel):
-    # "tiny" = the locally built tiny model; otherwise a hub id or a local path.
-    model: str = "tiny"
-    # Dataset: None = the synth stage's output of this run (`{dataset_dir}/train`). Only a train split is read.
-    dataset: str | None = None
-    num_workers: int = Field(default=2, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1, gt=0)
-    gpus_per_worker: float = Field(default=0, ge=0, description="0 with use_gpu = 1 GPU per worker")
-    # Extra custom resources per worker, e.g. {"accelerator_type:H100": 0.001}.
-    resources_per_worker: dict[str, float] = Field(default_factory=dict)
-    # None, a shipped name (zero2, zero3, zero3_offload) or a path to a DeepSpeed JSON.
-    deepspeed: str | None = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
-    beta: float = Field(default=0.1, gt=0)
-    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], min_length=1)
-    max_length: int = Field(default=256, ge=16)
-    learning_rate: float = Field(default=5e-5, gt=0)
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    max_steps: int = Field(default=8, ge=-1, description="-1 = run num_epochs")
-    num_epochs: float = Field(default=1.0, gt=0)
-    per_device_batch_size: int = Field(default=2, ge=1)
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    gradient_checkpointing: bool = False
-    # Reference log-probs computed once before training (no reference model held during training).
-    precompute_ref_log_probs: bool = False
-    save_steps: int = Field(default=4, ge=1)
-    num_to_keep: int = Field(default=2, ge=1)
-    max_failures: int = Field(default=2, ge=-1, description="-1 = retry forever")
-    seed: int = 0
-    logging_steps: int = Field(default=1, ge=1)
-    # Optional experiment tracking via Ray's integrations: "mlflow" or "wandb" (package must be installed).
-    tracker: Literal["mlflow", "wandb"] | None = None
+    """Stage 2: TRL's DPO (optional SFT first) on Ray Train workers. Values passed straight to TRL keep TRL's
+    names (DPOConfig/SFTConfig); the worker group uses the pipeline's resource names (replicas, num_cpus,
+    num_gpus)."""
+
+    _renamed = {"num_workers": "replicas", "cpus_per_worker": "num_cpus", "gpus_per_worker": "num_gpus",
+                "resources_per_worker": "resources", "lr_scheduler": "lr_scheduler_type",
+                "num_epochs": "num_train_epochs", "per_device_batch_size": "per_device_train_batch_size",
+                "warmup_ratio": "warmup_steps"}
+
+    model: str = Field(default="tiny", description="the starting policy: a hub id, a local folder, tiny (the "
+                       "locally built tiny model) or tiny-pretrained (see tiny_pretrained)")
+    dataset: str | None = Field(default=None, description="preference dataset folder (null = this run's synth "
+                                "output, {dataset_dir}/train); only a train split is read")
+    replicas: int = Field(default=2, ge=1, description="Ray Train workers (data-parallel ranks)")
+    use_gpu: bool = Field(default=False, description="train on GPUs (NCCL); false = CPU (gloo)")
+    num_cpus: float = Field(default=1, gt=0, description="CPUs per worker (also its torch threads on CPU)")
+    num_gpus: float = Field(default=0, ge=0, description="GPUs per worker (0 with use_gpu = 1 GPU per worker)")
+    resources: dict[str, float] = Field(default_factory=dict, description="extra custom Ray resources per worker, "
+                                        "e.g. {\"accelerator_type:H100\": 0.001}")
+    deepspeed: str | None = Field(default=None, description="DeepSpeed: null (off), a shipped config (zero2, zero3, "
+                                  "zero3_offload) or a path to a DeepSpeed JSON")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="training precision (TRL's "
+                                                       "bf16/fp16 flags); fp16 needs a GPU")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters (off by default)")
+    sft: SFTStageConfig = Field(default_factory=SFTStageConfig, description="optional SFT stage before DPO")
+    beta: float = Field(default=0.1, gt=0, description="DPO beta (TRL DPOConfig.beta; published 0.1)")
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], min_length=1, description="DPO loss(es) "
+                                 "(TRL DPOConfig.loss_type; several are summed): " + ", ".join(DPO_LOSSES))
+    max_length: int = Field(default=256, ge=16, description="max tokens of prompt + response (TRL max_length)")
+    learning_rate: float = Field(default=5e-5, gt=0, description="DPO peak learning rate (TRL learning_rate)")
+    lr_scheduler_type: str = Field(default="linear", description="learning-rate schedule (TRL lr_scheduler_type: "
+                                   "linear, cosine, constant, ...)")
+    warmup_steps: float = Field(default=0.0, ge=0, description="linear warmup (TRL warmup_steps): a float in [0, 1) "
+                                "is a ratio of the total steps, a whole number >= 1 a step count")
+    max_steps: int = Field(default=8, ge=-1, description="DPO optimizer steps (TRL max_steps); -1 = run "
+                           "num_train_epochs")
+    num_train_epochs: float = Field(default=1.0, gt=0, description="epochs over the triplets when max_steps is -1 "
+                                    "(TRL num_train_epochs)")
+    per_device_train_batch_size: int = Field(default=2, ge=1, description="pairs per worker per step (TRL "
+                                             "per_device_train_batch_size)")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="steps accumulated per optimizer step "
+                                             "(TRL gradient_accumulation_steps)")
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations to save memory "
+                                         "(TRL gradient_checkpointing)")
+    precompute_ref_log_probs: bool = Field(default=False, description="compute the reference log-probs once before "
+                                           "training, so no reference model is held (TRL precompute_ref_log_probs)")
+    save_steps: int = Field(default=4, ge=1, description="checkpoint every N optimizer steps (TRL save_steps)")
+    num_to_keep: int = Field(default=2, ge=1, description="checkpoints kept in storage (Ray CheckpointConfig)")
+    max_failures: int = Field(default=2, ge=-1, description="worker-group restarts from the last checkpoint (Ray "
+                              "FailureConfig); -1 = retry forever")
+    seed: int = Field(default=0, description="training and data-order seed (TRL seed, data_seed)")
+    logging_steps: int = Field(default=1, ge=1, description="log metrics every N steps (TRL logging_steps)")
+    tracker: Literal["mlflow", "wandb"] | None = Field(default=None, description="optional experiment tracking via "
+                                                       "Ray's integrations (the package must be installed)")
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _ratio_or_steps(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError("must be a ratio in [0, 1) or a whole number of steps")
+        return value
 
     @field_validator("loss_type")
     @classmethod
@@ -89,13 +120,13 @@ class TrainConfig(StrictModel):
     @classmethod
     def _not_zero(cls, steps: int) -> int:
         if steps == 0:
-            raise ValueError("must be >= 1, or -1 to train for num_epochs")
+            raise ValueError("must be >= 1, or -1 to train for num_train_epochs")
         return steps
 
     @model_validator(mode="after")
     def _gpu_consistency(self) -> "TrainConfig":
-        if self.gpus_per_worker > 0 and not self.use_gpu:
-            raise ValueError("train.gpus_per_worker > 0 needs train.use_gpu: true")
+        if self.num_gpus > 0 and not self.use_gpu:
+            raise ValueError("train.num_gpus > 0 needs train.use_gpu: true")
         if self.precision == "fp16" and not self.use_gpu:
             raise ValueError("train.precision fp16 needs a GPU (use fp32 or bf16 on CPU)")
         return self

@@ -19,6 +19,8 @@ from libra_ray._config_base import ConfigError, join_uri
 from libra_ray.train.data import copy_tree, read_text, read_train_table, train_split_uri, write_text
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from libra_ray.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -61,16 +63,16 @@ def check_resources(cfg: "PipelineConfig") -> None:
     import ray
 
     t = cfg.train
-    need = {"CPU": t.num_workers * t.cpus_per_worker}
+    need = {"CPU": t.replicas * t.num_cpus}
     if t.use_gpu:
-        need["GPU"] = t.num_workers * (t.gpus_per_worker or 1)
-    for key, per_worker in t.resources_per_worker.items():
-        need[key] = t.num_workers * per_worker
+        need["GPU"] = t.replicas * (t.num_gpus or 1)
+    for key, per_worker in t.resources.items():
+        need[key] = t.replicas * per_worker
     have = ray.cluster_resources()
-    short = [f"{k}: need {v:g} ({t.num_workers} workers), cluster has {have.get(k, 0):g}"
+    short = [f"{k}: need {v:g} ({t.replicas} workers), cluster has {have.get(k, 0):g}"
              for k, v in need.items() if v > have.get(k, 0) + 1e-9]
     if short:
-        raise ConfigError("train: more than the Ray cluster can ever provide; lower train.num_workers or "
+        raise ConfigError("train: more than the Ray cluster can ever provide; lower train.replicas or "
                           "per-worker resources. " + "; ".join(short))
 
 
@@ -103,16 +105,16 @@ def fit_stage(cfg: "PipelineConfig", kind: str, model: str, dataset: str, destin
         "deepspeed": load_deepspeed_config(t.deepspeed),
         "deepspeed_name": t.deepspeed,
     }
-    resources_per_worker = {"CPU": t.cpus_per_worker, **t.resources_per_worker}
+    resources_per_worker = {"CPU": t.num_cpus, **t.resources}
     if t.use_gpu:
-        resources_per_worker["GPU"] = t.gpus_per_worker or 1
+        resources_per_worker["GPU"] = t.num_gpus or 1
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "kind": kind, "model": model, "dataset": dataset, "train": t.model_dump(mode="json"), "stage": stage,
             "run_name": name, "cache_dir": os.path.abspath(cfg.cache_dir),
         },
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+        scaling_config=ScalingConfig(num_workers=t.replicas, use_gpu=t.use_gpu,
                                      resources_per_worker=resources_per_worker),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -122,7 +124,7 @@ def fit_stage(cfg: "PipelineConfig", kind: str, model: str, dataset: str, destin
             failure_config=FailureConfig(max_failures=t.max_failures),
         ),
     )
-    print(f"[libra-ray] train/{kind}: {t.num_workers} workers, deepspeed={t.deepspeed or 'off'}, "
+    print(f"[libra-ray] train/{kind}: {t.replicas} workers, deepspeed={t.deepspeed or 'off'}, "
           f"model={model}, checkpoints in {join_uri(cfg.checkpoint_dir, name)}", flush=True)
     result = trainer.fit()
     if result.error is not None:
@@ -139,6 +141,31 @@ def fit_stage(cfg: "PipelineConfig", kind: str, model: str, dataset: str, destin
     return summary
 
 
+def check_inputs(cfg: "PipelineConfig", dataset: str) -> "pa.Table":
+    """The train split (columns, at least one global batch of rows), the DeepSpeed config and the tracker:
+    checks that need no Ray. Returns the train table."""
+    t = cfg.train
+    table = read_train_table(dataset)  # validates columns before any worker starts
+    batch = t.replicas * t.per_device_train_batch_size
+    if table.num_rows < batch:
+        raise ConfigError(f"train.dataset: {table.num_rows} rows is fewer than one global batch "
+                          f"({t.replicas} workers x {t.per_device_train_batch_size})")
+    load_deepspeed_config(t.deepspeed)  # a bad path or JSON fails here, not on a worker
+    if t.tracker:
+        import importlib.util
+
+        if importlib.util.find_spec(t.tracker) is None:
+            raise ConfigError(f"train.tracker: {t.tracker} is not installed (pip install {t.tracker}), or unset it")
+    return table
+
+
+def preflight(cfg: "PipelineConfig") -> None:
+    """Before Ray starts (CLI): an explicit `train.dataset` is checked now; this run's synthesis output
+    (the default) may not exist yet, so it is checked when the stage starts."""
+    if cfg.train.dataset:
+        check_inputs(cfg, cfg.train.dataset)
+
+
 def run(cfg: "PipelineConfig") -> dict:
     """Stage 2: (SFT on chosen ->) DPO; the final model lands in `cfg.model_dir`. Re-running resumes."""
     from libra_ray.tiny import resolve_model
@@ -147,17 +174,7 @@ def run(cfg: "PipelineConfig") -> dict:
     model = resolve_model(t.model, cfg, key="train.model")
     check_model(model)
     dataset = train_split_uri(cfg)
-    table = read_train_table(dataset)  # validates columns before any worker starts
-    batch = t.num_workers * t.per_device_batch_size
-    if table.num_rows < batch:
-        raise ConfigError(f"train.dataset: {table.num_rows} rows is fewer than one global batch "
-                          f"({t.num_workers} workers x {t.per_device_batch_size})")
-    load_deepspeed_config(t.deepspeed)  # a bad path or JSON fails here, not on a worker
-    if t.tracker:
-        import importlib.util
-
-        if importlib.util.find_spec(t.tracker) is None:
-            raise ConfigError(f"train.tracker: {t.tracker} is not installed (pip install {t.tracker}), or unset it")
+    table = check_inputs(cfg, dataset)
     check_resources(cfg)
 
     fingerprint = _fingerprint(cfg, model, dataset)
@@ -178,6 +195,7 @@ def run(cfg: "PipelineConfig") -> dict:
                                             "rewards/accuracies", "rewards/margins", "tokens_per_s",
                                             "peak_rss_gib_max_worker", "peak_gpu_mem_gib_max_worker",
                                             "deepspeed", "engine", "device", "world_size", "train_seconds", "steps_this_attempt",
+                                            "rows_dropped_too_long",
                                             "num_tokens", "checkpoint")})
     summary["model_dir"] = cfg.model_dir
     write_text(join_uri(cfg.model_dir, SUMMARY_FILE), json.dumps({"fingerprint": fingerprint, "summary": summary},

@@ -186,13 +186,13 @@ def _trainer_args(kind: str, t: dict, c: dict, output_dir: str, on_gpu: bool):
 
     common: dict[str, Any] = dict(
         output_dir=output_dir,
-        per_device_train_batch_size=t["per_device_batch_size"],
+        per_device_train_batch_size=t["per_device_train_batch_size"],
         gradient_accumulation_steps=t["gradient_accumulation_steps"],
         learning_rate=c["learning_rate"],
-        lr_scheduler_type=t["lr_scheduler"],
-        warmup_steps=t["warmup_ratio"],  # a float < 1 is a ratio of the total steps
+        lr_scheduler_type=t["lr_scheduler_type"],
+        warmup_steps=t["warmup_steps"] if t["warmup_steps"] < 1 else int(t["warmup_steps"]),  # < 1: a ratio of all steps
         max_steps=c["max_steps"],
-        num_train_epochs=t["num_epochs"],
+        num_train_epochs=t["num_train_epochs"],
         logging_steps=t["logging_steps"],
         save_strategy="steps",
         save_steps=t["save_steps"],
@@ -215,6 +215,16 @@ def _trainer_args(kind: str, t: dict, c: dict, output_dir: str, on_gpu: bool):
         return SFTConfig(**common, completion_only_loss=True)
     return DPOConfig(**common, beta=t["beta"], loss_type=list(t["loss_type"]),
                      precompute_ref_log_probs=t["precompute_ref_log_probs"])
+
+
+def _dropped_rows(kind: str, rows: int, kept: int, max_length: int, global_batch: int) -> int:
+    """Rows TRL dropped while tokenising (a prompt that alone fills `max_length`); an error when fewer than one
+    global batch is left, which TRL would otherwise train on silently or fail on obscurely."""
+    if kept < global_batch:
+        raise ValueError(f"train.max_length={max_length}: only {kept} of {rows} rows are left for {kind} after "
+                         f"dropping those whose prompt alone fills it, fewer than one global batch ({global_batch}); "
+                         f"raise train.max_length or shorten the prompts")
+    return rows - kept
 
 
 def _shared_scratch_dir(rank: int) -> str:
@@ -245,7 +255,7 @@ def train_loop_per_worker(config: dict) -> None:
     on_gpu = bool(t["use_gpu"]) and torch.cuda.is_available()
     if t["use_gpu"] and not on_gpu:
         raise RuntimeError("train.use_gpu is set but this worker sees no CUDA device")
-    torch.set_num_threads(max(1, int(t["cpus_per_worker"])))
+    torch.set_num_threads(max(1, int(t["num_cpus"])))
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -294,7 +304,7 @@ def train_loop_per_worker(config: dict) -> None:
         from peft import LoraConfig
 
         lora = t["lora"]
-        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
                                  target_modules=lora["target_modules"], task_type="CAUSAL_LM")
 
     tracker = None
@@ -307,6 +317,11 @@ def train_loop_per_worker(config: dict) -> None:
         from trl import DPOTrainer as Trainer
     trainer = Trainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
                       peft_config=peft_config, callbacks=[callback])
+    dropped = _dropped_rows(kind, len(dataset), len(trainer.train_dataset), t["max_length"],
+                            world * t["per_device_batch_size"])
+    if rank == 0 and dropped:
+        print(f"[train:{kind}] {dropped} of {len(dataset)} rows dropped: their prompt alone fills "
+              f"train.max_length={t['max_length']} (nothing of the answer would be left to learn from)", flush=True)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one progress line per step instead
@@ -339,6 +354,7 @@ def train_loop_per_worker(config: dict) -> None:
         "steps_this_attempt": steps_run,
         "num_tokens": callback.metrics.get("num_tokens"),  # global, all ranks (TRL counts non-pad tokens)
         "world_size": world,
+        "rows_dropped_too_long": dropped,  # prompt alone fills max_length: TRL drops the row
         "deepspeed": stage["deepspeed_name"],
         "engine": engine,  # rank 0's observed engine (type, ZeRO stage, offload, parameter share)
         "device": "cuda" if on_gpu else "cpu",
