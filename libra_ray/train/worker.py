@@ -318,7 +318,7 @@ def train_loop_per_worker(config: dict) -> None:
     trainer = Trainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
                       peft_config=peft_config, callbacks=[callback])
     dropped = _dropped_rows(kind, len(dataset), len(trainer.train_dataset), t["max_length"],
-                            world * t["per_device_batch_size"])
+                            world * t["per_device_train_batch_size"])
     if rank == 0 and dropped:
         print(f"[train:{kind}] {dropped} of {len(dataset)} rows dropped: their prompt alone fills "
               f"train.max_length={t['max_length']} (nothing of the answer would be left to learn from)", flush=True)
