@@ -247,6 +247,7 @@ def test_unicode_names_and_smiles_round_trip_from_seeds_to_the_benchmark(ray_loc
     generations: every name and SMILES arrives byte-identical (no mojibake, no normalisation)."""
     from libra_ray.bench import generate as gen
     from libra_ray.bench import run as bench_run
+    from libra_ray.endpoints import open_endpoint
     from libra_ray.seeds.catalogue import canonical_smiles
     from libra_ray.testing import in_process_blocks
 
@@ -277,7 +278,7 @@ def test_unicode_names_and_smiles_round_trip_from_seeds_to_the_benchmark(ray_loc
             **cfg.bench.model_dump(), "detector": "local", "local_detector": "rule:start",
             "models": [{"name": "api", "engine": "openai",
                         "endpoint": {"base_url": api.base_url, "api_key_env": None}}]})})
-        bench_run(bench_cfg)
+        bench_run(bench_cfg, open_endpoint=open_endpoint)
         asked = {e["messages"][-1]["content"] for e in api.log}
     test = read_split(cfg, "test")
     gens = gen.read_generations(bench_cfg, "api").to_pylist()
