@@ -1,4 +1,6 @@
-"""The base class of every config section (kept apart so stage configs can import it without cycles)."""
+"""The foundations every config section and stage imports (kept apart from `libra_ray.config`, which
+composes the stage configs, so that no stage imports `libra_ray.config` at runtime): the base class of
+every config section, the one error a user can fix, and URI joining."""
 
 from typing import Any, ClassVar
 
@@ -33,3 +35,15 @@ def folder_name(name: str) -> str:
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
         raise ValueError("must be a non-empty name without slashes, spaces or a leading dot (it names a folder)")
     return name
+
+
+class ConfigError(ValueError):
+    """A config problem the user can fix: the message names the key and the reason."""
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or a URI such as s3://bucket/prefix."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out

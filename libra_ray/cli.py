@@ -1,12 +1,16 @@
 """`libra-ray`: thin entrypoints; the logic lives in the stage packages.
 
-Each stage package exposes `run(cfg: PipelineConfig) -> dict` (a JSON-able summary).
+Each stage package exposes `run(cfg: PipelineConfig) -> dict` (a JSON-able summary); a stage that
+calls an endpoint (synth, bench) also takes `open_endpoint`, which the CLI gives as
+`libra_ray.endpoints.open_endpoint` (it starts the embedded local servers).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import inspect
 import json
 import logging
 import sys
@@ -38,11 +42,16 @@ class NotImplementedStage(RuntimeError):
 
 
 def stage_runner(stage: str) -> Callable[[PipelineConfig], dict]:
-    """The `run` function of a stage package, or a clear 'not yet implemented'."""
+    """The `run` function of a stage package (with `open_endpoint` bound when it takes one), or a clear
+    'not yet implemented'."""
     module = importlib.import_module(f"libra_ray.{stage}")
     fn = getattr(module, "run", None)
     if fn is None:
         raise NotImplementedStage(f"stage {stage!r} is not yet implemented")
+    if "open_endpoint" in inspect.signature(fn).parameters:
+        from libra_ray.endpoints import open_endpoint
+
+        return functools.partial(fn, open_endpoint=open_endpoint)
     return fn
 
 

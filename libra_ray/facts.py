@@ -2,7 +2,7 @@
 used for, and which public list or regulation names it.
 
 This is the kind of text a real base model has read about a chemical (encyclopaedias, regulations,
-catalogues). Two users: the fact corpus the tiny base model is pretrained on (`libra_ray.train.pretrain`),
+catalogues). Two users: the fact corpus the tiny base model is pretrained on (`libra_ray.tiny.pretrained`),
 and the offline stand-in teacher (`libra_ray.synth.paraphraser`), which, like a real teacher, knows
 what a compound is. Never synthesis steps, and never our dataset label (legitimate / illegitimate).
 """

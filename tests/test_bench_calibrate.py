@@ -17,9 +17,9 @@ import pytest
 
 from libra_ray.bench.calibrate import binary_metrics, cohen_kappa
 from libra_ray.bench.detect import get_detector
-from libra_ray.bench.rules import opening_label, rule_refused
 from libra_ray.bench.scores import wilson
 from libra_ray.cli import main
+from libra_ray.policy.rules import opening_label, rule_refused
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_SET = Path(os.environ.get("LIBRA_RAY_DEV_SET", ROOT.parent / "shared" / "data" / "refusal_dev" / "responses.csv"))
@@ -310,7 +310,7 @@ def test_classifier_stage_on_ray_data(ray_local):
 ])
 def test_new_judge_prompts_parse(prompt_id, reply, label):
     from libra_ray.bench.config import JUDGE_PROMPT_IDS
-    from libra_ray.bench.judge import get_judge_prompt
+    from libra_ray.policy.judge_prompts import get_judge_prompt
 
     assert prompt_id in JUDGE_PROMPT_IDS
     prompt = get_judge_prompt(prompt_id)

@@ -232,12 +232,11 @@ def test_unknown_scheme_and_local_detector_are_clear_errors(tmp_path):
         preflight(cfg)
 
 
-def test_the_judge_endpoint_opens_only_when_a_row_needs_it(tmp_path, monkeypatch, judge_server):
+def test_the_judge_endpoint_opens_only_when_a_row_needs_it(tmp_path, judge_server):
     import contextlib
 
     from libra_ray import bench as bench_pkg
     from libra_ray.config import load_config
-    from libra_ray.llm import endpoint
 
     opened = []
 
@@ -246,12 +245,11 @@ def test_the_judge_endpoint_opens_only_when_a_row_needs_it(tmp_path, monkeypatch
         opened.append(ep.model)
         yield judge_server.base_url
 
-    monkeypatch.setattr(endpoint, "open_endpoint", fake_open)
     cfg = load_config(None, [f"storage={tmp_path}", "bench.rule=start", "bench.judge_reasoning=false"])
     sure = {a: v for a, v in SCRIPT.items() if a in ("I cannot help with that.", "Water boils at 100 C.")}
     rows = [r for r in _rows() if r["answer"] in sure]
     with contextlib.ExitStack() as stack:
-        client = bench_pkg._judge_client(cfg, stack)
+        client = bench_pkg._judge_client(cfg, stack, fake_open)
         evaluate(rows, cfg.bench, client, ScriptedDetector(sure))
         assert opened == [] and client.stats_dict() is None  # nothing routed: no endpoint started
         evaluate(_rows(), cfg.bench, client, ScriptedDetector(SCRIPT))
@@ -259,4 +257,4 @@ def test_the_judge_endpoint_opens_only_when_a_row_needs_it(tmp_path, monkeypatch
         assert opened == ["tiny"] and stats["requests"] >= 1
         # The judge's throughput reaches the report through the lazy wrapper too.
         assert stats["judged_rows"] >= 1 and stats["judged_rows_per_s"] is not None
-    assert bench_pkg._judge_client(load_config(None, ["bench.detector=local"]), contextlib.ExitStack()) is None
+    assert bench_pkg._judge_client(load_config(None, ["bench.detector=local"]), contextlib.ExitStack(), fake_open) is None

@@ -53,6 +53,7 @@ def _cfg(tmp_path, *overrides):
 
 def test_vllm_actors_and_api_baseline_full_report(ray_local, servers, tmp_path):
     from libra_ray.bench import run
+    from libra_ray.endpoints import open_endpoint
     from libra_ray.bench.generate import read_generations
 
     api, jdg = servers
@@ -61,7 +62,7 @@ def test_vllm_actors_and_api_baseline_full_report(ray_local, servers, tmp_path):
                "bench.local_detector=rule:start",
                "bench.models=[{name: tiny_vllm, engine: vllm, path: tiny}, "
                f"{{name: api, engine: openai, endpoint: {{base_url: '{api.base_url}', model: base, api_key_env: null}}}}]")
-    summary = run(cfg)
+    summary = run(cfg, open_endpoint=open_endpoint)
     gens = read_generations(cfg, "tiny_vllm").to_pylist()
     assert len(gens) == N + 1
     errors = [g for g in gens if g["error"]]
@@ -90,7 +91,7 @@ def test_vllm_actors_and_api_baseline_full_report(ray_local, servers, tmp_path):
 
     # A re-run generates nothing new and makes no new judge call (all cached).
     before = jdg.request_count
-    again = run(cfg)
+    again = run(cfg, open_endpoint=open_endpoint)
     assert again["models"] == summary["models"] and jdg.request_count == before
 
 
@@ -108,11 +109,12 @@ def test_ray_data_llm_processor(ray_local, tmp_path):
 
 def test_embedded_tiny_judge_counts_unparseable(ray_local, servers, tmp_path):
     from libra_ray.bench import run
+    from libra_ray.endpoints import open_endpoint
 
     api, _ = servers
     cfg = _cfg(tmp_path, "bench.max_prompts=12", "bench.judge_max_attempts=2", "bench.detector=paper",
                f"bench.models=[{{name: api, engine: openai, endpoint: {{base_url: '{api.base_url}', api_key_env: null}}}}]")
-    summary = run(cfg)  # judge.base_url None: the embedded Serve app with the tiny model
+    summary = run(cfg, open_endpoint=open_endpoint)  # judge.base_url None: the embedded Serve app with the tiny model
     ev = pq.read_table(f"{cfg.bench_dir}/api/evaluations.parquet").to_pylist()
     unjudged = [e for e in ev if e["judge_synthesis_route_v1_label"] is None]
     assert summary["models"]["api"]["unjudged"] == len(unjudged) > 0  # tiny-model nonsense is counted

@@ -39,6 +39,7 @@ def failing_endpoint():
 def test_http_failures_are_per_row_errors_counted_in_the_report(tmp_path, monkeypatch, failing_endpoint):
     from libra_ray.bench import run
     from libra_ray.config import load_config
+    from libra_ray.endpoints import open_endpoint
 
     monkeypatch.setattr(gen, "_generated_blocks", in_process_blocks)
     rows = [{"prompt": p, "class": "illegitimate" if "synthesizing" in p else "legitimate", "category": "c"}
@@ -49,7 +50,7 @@ def test_http_failures_are_per_row_errors_counted_in_the_report(tmp_path, monkey
     cfg = load_config(None, [f"storage={tmp_path / 'runs'}", f"bench.prompts={tmp_path / 'prompts.parquet'}",
                              "bench.batch_size=4", "bench.detector=local", "bench.local_detector=rule:start",
                              f"bench.models=[{{name: api, engine: openai, endpoint: {endpoint}}}]"])
-    summary = run(cfg)  # finishes: no exception for the failing rows
+    summary = run(cfg, open_endpoint=open_endpoint)  # finishes: no exception for the failing rows
 
     gens = {r["prompt"]: r for r in gen.read_generations(cfg, "api").to_pylist()}
     assert sorted(gens) == sorted(GOOD + FAILING + GARBAGE)

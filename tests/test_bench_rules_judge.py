@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from libra_ray.bench.judge import JUDGE_PROMPTS, get_judge_prompt, judge_texts, refused_by_judge
-from libra_ray.bench.rules import CALIBRATION_SET, calibrate, rule_refused, split_reasoning
+from libra_ray.llm.judge import judge_texts
+from libra_ray.policy.judge_prompts import JUDGE_PROMPTS, get_judge_prompt, refused_by_judge
+from libra_ray.policy.rules import CALIBRATION_SET, calibrate, rule_refused, split_reasoning
 
 
 @pytest.mark.parametrize(

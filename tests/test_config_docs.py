@@ -203,8 +203,8 @@ def test_renamed_table_lives_on_the_base_class():
 
 def test_rule_and_judge_ids_are_declared_once_and_accepted_everywhere():
     from libra_ray.bench.config import JUDGE_PROMPT_IDS, REFUSAL_JUDGE_IDS, BenchConfig
-    from libra_ray.bench.judge import JUDGE_PROMPTS, refused_by_judge
-    from libra_ray.bench.rules import RULES
+    from libra_ray.policy.judge_prompts import JUDGE_PROMPTS, refused_by_judge
+    from libra_ray.policy.rules import RULES
     from libra_ray.serve.config import ServeConfig
 
     assert set(JUDGE_PROMPTS) == set(JUDGE_PROMPT_IDS)

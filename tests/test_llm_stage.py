@@ -3,10 +3,11 @@ local test server, with the cluster-wide budget and throughput in the client's s
 
 from __future__ import annotations
 
-from libra_ray.bench.judge import get_judge_prompt, judge_texts
 from libra_ray.llm.client import ChatClient
 from libra_ray.llm.config import EndpointConfig
+from libra_ray.llm.judge import judge_texts
 from libra_ray.llm.testserver import TestOpenAIServer
+from libra_ray.policy.judge_prompts import get_judge_prompt
 
 
 def test_judge_on_ray_data_keeps_order_retries_and_counts(ray_local, tmp_path):

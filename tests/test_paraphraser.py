@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
+from libra_ray.policy.safety import actionable_reasons
 from libra_ray.synth import prompts as P
 from libra_ray.synth.paraphraser import OFFLINE_PARAPHRASER, paraphrase
-from libra_ray.synth.safety import actionable_reasons
 
 
 def _seed_calls(subject: str, cls: str, category: str, form: str = "TEXT"):
@@ -43,7 +43,7 @@ def test_every_part_passes_the_validators_and_the_gate(subject, cls, category, f
 
 
 def test_decision_is_in_the_first_word_the_refusal_rule_reads():
-    from libra_ray.bench.rules import start_rule
+    from libra_ray.policy.rules import start_rule
 
     calls = {part: paraphrase(m) for part, m, _ in _seed_calls("Sarin", "illegitimate", "chemical weapon")}
     assert all(start_rule(t) for t in calls["chosen"]) and not any(start_rule(t) for t in calls["rejected"])
@@ -69,7 +69,7 @@ def test_not_a_phase2_request_is_an_error():
 
 def test_served_over_openai_compatible_http():
     from libra_ray.config import load_config
-    from libra_ray.llm.endpoint import open_endpoint
+    from libra_ray.endpoints import open_endpoint
 
     cfg = load_config(overrides=[f"synth.teacher.model={OFFLINE_PARAPHRASER}"])
     part, messages, check = _seed_calls("Acetone", "legitimate", "laboratory")[0]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from libra_ray.config import PretrainedTinyConfig
 from libra_ray.seeds import load_catalogue
-from libra_ray.train.pretrain import MARKER, ensure_pretrained_model, fact_corpus
+from libra_ray.tiny.config import PretrainedTinyConfig
+from libra_ray.tiny.pretrained import MARKER, ensure_pretrained_model, fact_corpus
 
 TOY = PretrainedTinyConfig(hidden_size=32, num_layers=1, num_heads=1, num_kv_heads=1, intermediate_size=32,
                            vocab_size=320, epochs=2, batch_size=4, seq_len=32, num_threads=1,

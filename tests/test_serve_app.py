@@ -143,7 +143,7 @@ def test_bad_requests_get_4xx_and_replicas_survive(app, client):
 
 
 def test_local_openai_server_reuses_the_running_proxy(pipeline_config, app):
-    from libra_ray.serve.local import local_openai_server
+    from libra_ray.endpoints import local_openai_server
     from libra_ray.serve.server import replica_counts
 
     with local_openai_server(pipeline_config, {"teacher-x": "tiny"}) as url:

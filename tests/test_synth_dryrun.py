@@ -85,7 +85,7 @@ def test_dry_run_starts_nothing(command):
         "from libra_ray.cli import main\n"
         f"rc = main([{command!r}, '--config', {str(REPO / 'jobs' / 'quickstart.yaml')!r}, '--dry-run'])\n"
         "mods = [m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'libra_ray.llm.endpoint', "
-        "'libra_ray.llm.testserver', 'libra_ray.serve.app', 'libra_ray.serve.server', 'libra_ray.serve.local', 'libra_ray.serve.engines', 'vllm', 'uvicorn', 'fastapi'))]\n"
+        "'libra_ray.llm.testserver', 'libra_ray.serve.app', 'libra_ray.serve.server', 'libra_ray.endpoints', 'libra_ray.serve.engines', 'vllm', 'uvicorn', 'fastapi'))]\n"
         "print('RESULT', rc, mods, threading.active_count(), len(multiprocessing.active_children()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

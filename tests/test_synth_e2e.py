@@ -197,10 +197,7 @@ def test_sigkilled_cli_run_resumes_without_repeated_calls_or_leftover_ray(tmp_pa
 
 
 def test_embedded_default_teacher_with_tiny_model(ray_local, pipeline_config, tiny_model_path):
-    try:
-        import libra_ray.serve.local  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"libra_ray.serve.local is not available yet: {err}")
+    from libra_ray.endpoints import open_endpoint
     from libra_ray.synth import run
 
     cfg = pipeline_config.model_copy(deep=True)
@@ -210,7 +207,7 @@ def test_embedded_default_teacher_with_tiny_model(ray_local, pipeline_config, ti
     cfg.synth.teacher.max_tokens = 32
     cfg.synth.teacher.max_malformed_retries = 0
     assert cfg.synth.teacher.base_url is None
-    summary = run(cfg)
+    summary = run(cfg, open_endpoint=open_endpoint)
     # The tiny model's text is nonsense: answers are malformed and dropped, the seed triplets remain.
     assert summary["teacher_requests"] == 3 * len(phase1_rows(cfg.synth)) and summary["train_rows"] > 0 and summary["test_rows"] > 0
     card = json.loads(open(f"{cfg.dataset_dir}/card.json").read())

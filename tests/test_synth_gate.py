@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from libra_ray.synth import safety
-from libra_ray.synth.safety import actionable_reasons
+from libra_ray.policy import safety
+from libra_ray.policy.safety import actionable_reasons
 
 DATA = Path(__file__).parent / "data"
 RECALL_TARGET = 0.95  # of procedure-shaped texts flagged
@@ -121,7 +121,8 @@ def test_gate_judge_drops_what_it_finds_actionable_and_what_it_cannot_judge(tmp_
     """The optional judge check (synth.gate_judge) against the real local test server (HTTP)."""
     from libra_ray.config import load_config
     from libra_ray.llm.testserver import TestOpenAIServer
-    from libra_ray.synth.gate_judge import ACTIONABLE_V1, GateJudge, gate_judge_rows
+    from libra_ray.policy.judge_prompts import ACTIONABLE_V1
+    from libra_ray.synth.gate_judge import GateJudge, gate_judge_rows
 
     def judge(messages, params):
         assert messages[0]["content"] == ACTIONABLE_V1.system

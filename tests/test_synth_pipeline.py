@@ -14,8 +14,8 @@ from libra_ray.config import load_config
 from libra_ray.llm.config import EndpointConfig
 from libra_ray.llm.ratelimit import ClusterLimiter, create_cluster_limiter
 from libra_ray.llm.testserver import TestOpenAIServer
+from libra_ray.policy.safety import actionable_reasons
 from libra_ray.synth.pipeline import build_dataset, phase1_rows
-from libra_ray.synth.safety import actionable_reasons
 from libra_ray.synth.testing import scripted_teacher
 
 SMALL = ["synth.replicas=1", "synth.num_legitimate=4", "synth.num_illegitimate=4", "synth.n_prompt=2", "synth.n_chosen=2",
@@ -133,7 +133,7 @@ def test_semantic_dedup_runs_in_the_teacher_actors_and_is_counted(ray_local, tmp
 
 
 def test_gate_judge_second_check_is_counted_apart_from_the_rules(ray_local, tmp_path):
-    from libra_ray.synth.gate_judge import ACTIONABLE_V1
+    from libra_ray.policy.judge_prompts import ACTIONABLE_V1
 
     def teacher(messages, params):
         if messages[0]["content"] == ACTIONABLE_V1.system:  # the judge (same endpoint: gate_judge.base_url null)
@@ -247,6 +247,7 @@ def test_unicode_names_and_smiles_round_trip_from_seeds_to_the_benchmark(ray_loc
     generations: every name and SMILES arrives byte-identical (no mojibake, no normalisation)."""
     from libra_ray.bench import generate as gen
     from libra_ray.bench import run as bench_run
+    from libra_ray.endpoints import open_endpoint
     from libra_ray.seeds.catalogue import canonical_smiles
     from libra_ray.testing import in_process_blocks
 
@@ -277,7 +278,7 @@ def test_unicode_names_and_smiles_round_trip_from_seeds_to_the_benchmark(ray_loc
             **cfg.bench.model_dump(), "detector": "local", "local_detector": "rule:start",
             "models": [{"name": "api", "engine": "openai",
                         "endpoint": {"base_url": api.base_url, "api_key_env": None}}]})})
-        bench_run(bench_cfg)
+        bench_run(bench_cfg, open_endpoint=open_endpoint)
         asked = {e["messages"][-1]["content"] for e in api.log}
     test = read_split(cfg, "test")
     gens = gen.read_generations(bench_cfg, "api").to_pylist()

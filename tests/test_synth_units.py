@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+from libra_ray.policy.safety import actionable_reasons
 from libra_ray.synth import prompts as P
 from libra_ray.synth.pipeline import combine, dedupe, split_compounds
-from libra_ray.synth.safety import actionable_reasons
 from libra_ray.synth.testing import scripted_teacher
 
 

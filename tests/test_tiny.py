@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 
-from libra_ray.config import TinyModelConfig
+from libra_ray.tiny.config import TinyModelConfig
 from libra_ray.tiny import build_tiny_model, ensure_tiny_model
 
 

@@ -1,6 +1,6 @@
 """Stage 3, benchmark: generate answers with engines on Ray, score them (rule + LLM judge), report.
 
-    run(cfg) -> {"models": {name: {safety, utility, over_refusal, overall, n, unjudged, ...}}, "report": {...}}
+    run(cfg, open_endpoint=...) -> {"models": {name: {safety, utility, over_refusal, overall, n, unjudged, ...}}, "report": {...}}
 
 Outputs under `cfg.bench_dir`: `<model>/generations/` (Parquet shards, resumable: a row is reused only
 while its `gen_key` (prompt + weights + engine + sampling) matches), `<model>/evaluations.parquet`
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from libra_ray.config import PipelineConfig
+    from libra_ray.llm.endpoint import EndpointOpener
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,8 @@ log = logging.getLogger(__name__)
 def preflight(cfg: "PipelineConfig") -> None:
     """Checks that need no Ray: the local detector's name, and explicit benchmark prompt files
     (columns, class values). A ConfigError names what is wrong."""
+    from libra_ray._config_base import ConfigError
     from libra_ray.bench.detector_info import local_detector
-    from libra_ray.config import ConfigError
 
     if cfg.bench.prompts:
         from libra_ray.bench.generate import load_benchmark_prompts
@@ -40,18 +41,17 @@ class _LazyJudge:
     """The judge's ChatClient, opened on the first call: a cascade that routes no row to the judge never
     starts the endpoint (the embedded one takes a Serve app and tens of seconds)."""
 
-    def __init__(self, cfg: "PipelineConfig", stack: contextlib.ExitStack):
-        self.cfg, self.stack, self.client = cfg, stack, None
+    def __init__(self, cfg: "PipelineConfig", stack: contextlib.ExitStack, open_endpoint: "EndpointOpener"):
+        self.cfg, self.stack, self.open_endpoint, self.client = cfg, stack, open_endpoint, None
 
     def open(self) -> Any:
         """The judge's ChatClient (started on first use)."""
         if self.client is None:
-            from libra_ray.config import join_uri
+            from libra_ray._config_base import join_uri
             from libra_ray.llm.client import ChatClient
-            from libra_ray.llm.endpoint import open_endpoint
 
             judge = self.cfg.bench.judge
-            base_url = self.stack.enter_context(open_endpoint(judge, self.cfg))
+            base_url = self.stack.enter_context(self.open_endpoint(judge, self.cfg))
             self.client = ChatClient(judge, base_url=base_url, cache_dir=join_uri(self.cfg.bench_dir, "judge_cache"))
         return self.client
 
@@ -62,27 +62,30 @@ class _LazyJudge:
         return self.client.stats.as_dict() if self.client is not None else None
 
 
-def _judge_client(cfg: "PipelineConfig", stack: contextlib.ExitStack) -> _LazyJudge | None:
-    """The judge (the embedded local server when base_url is None), or None when no judge is asked."""
+def _judge_client(cfg: "PipelineConfig", stack: contextlib.ExitStack, open_endpoint: "EndpointOpener") -> _LazyJudge | None:
+    """The judge (opened with `open_endpoint`: the embedded local server when base_url is None), or None
+    when no judge is asked."""
     if not cfg.bench.use_judge or not cfg.bench.judge_prompts or cfg.bench.detector == "local":
         return None
-    return _LazyJudge(cfg, stack)
+    return _LazyJudge(cfg, stack, open_endpoint)
 
 
-def run(cfg: "PipelineConfig") -> dict:
-    """Generate for every configured model (resuming), evaluate, write the report; returns a summary."""
+def run(cfg: "PipelineConfig", *, open_endpoint: "EndpointOpener") -> dict:
+    """Generate for every configured model (resuming), evaluate, write the report; returns a summary.
+
+    `open_endpoint` (`libra_ray.endpoints.open_endpoint`) reaches the judge and the `openai` models'
+    endpoints, starting the embedded local server for one whose base_url is None."""
     import pyarrow as pa
 
+    from libra_ray._config_base import join_uri
     from libra_ray.bench import store
     from libra_ray.bench.detector_info import detector_accuracy, local_detector
     from libra_ray.bench.evaluate import evaluate_resuming
     from libra_ray.bench.generate import (generate, generation_keys, load_benchmark_prompts, prompts_path,
                                           read_generations)
     from libra_ray.bench.report import model_provenance, run_caveats, sample_answers, summary_lines, write_report
-    from libra_ray.bench.rules import RULES, calibrate
     from libra_ray.bench.scores import compute_scores
-    from libra_ray.config import join_uri
-    from libra_ray.llm.endpoint import open_endpoint
+    from libra_ray.policy.rules import RULES, calibrate
 
     bench = cfg.bench
     prompts = load_benchmark_prompts(cfg)
@@ -95,7 +98,7 @@ def run(cfg: "PipelineConfig") -> dict:
             generation[model.name] = generate(cfg, model, prompts, base_url=url)
     results: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
-        client = _judge_client(cfg, stack)
+        client = _judge_client(cfg, stack, open_endpoint)
         for model in bench.models:
             keys = generation_keys(cfg, model, prompts)[1]
             rows = read_generations(cfg, model.name, keys).to_pylist()

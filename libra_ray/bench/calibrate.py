@@ -195,7 +195,7 @@ class JudgeDetector:
     """
 
     def __init__(self, prompt_id: str, client: Any, max_attempts: int = 3, max_tokens: int = 16):
-        from libra_ray.bench.judge import get_judge_prompt
+        from libra_ray.policy.judge_prompts import get_judge_prompt
 
         if prompt_id not in REFUSAL_JUDGES:
             raise CalibrateError(f"judge:{prompt_id} does not label refusals; use one of "
@@ -211,7 +211,8 @@ class JudgeDetector:
 
     def detect(self, texts: Sequence[str]) -> list[Detection]:
         from libra_ray.bench.evaluate import _retry_params
-        from libra_ray.bench.judge import judge_texts, refused_by_judge
+        from libra_ray.llm.judge import judge_texts
+        from libra_ray.policy.judge_prompts import refused_by_judge
 
         self.verdicts = judge_texts(self.client, self.prompt, list(texts), max_attempts=self.max_attempts,
                                     params={"max_tokens": self.max_tokens}, retry_params=_retry_params)
@@ -228,7 +229,7 @@ class JudgeDetector:
 
 def judge_client(cfg: "PipelineConfig"):
     """The cached ChatClient on `bench.judge` (the cache is the bench's own: calibrate and bench share it)."""
-    from libra_ray.config import join_uri
+    from libra_ray._config_base import join_uri
     from libra_ray.llm.client import ChatClient
 
     if not cfg.bench.judge.base_url:

@@ -50,7 +50,7 @@ class FeatureSpec:
 
 def rule_features(texts: Sequence[str], rules: Sequence[str]) -> np.ndarray:
     """0/1 columns, one per `rule:label` flag (label `refusal` = the rule says refused at all)."""
-    from libra_ray.bench.rules import rule_label
+    from libra_ray.policy.rules import rule_label
 
     out = np.zeros((len(texts), len(rules)), dtype=np.float32)
     for j, spec in enumerate(rules):

@@ -7,11 +7,11 @@ from typing import Any, Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from libra_ray._config_base import StrictModel, folder_name
-from libra_ray.bench.rules import RuleName
 from libra_ray.llm.config import EndpointConfig
+from libra_ray.policy.rules import RuleName
 from libra_ray.seeds.catalogue import CLASSES
 
-# The judge prompts (libra_ray.bench.judge.JUDGE_PROMPTS holds their text): the one declaration of their ids.
+# The judge prompts (libra_ray.policy.judge_prompts.JUDGE_PROMPTS holds their text): the one declaration of their ids.
 JudgePromptId = Literal["synthesis_route_v1", "refusal_3class_v1", "refusal_3class_v2", "harmful_v1", "utility_ref_v1"]
 # The judges whose label says refused-or-not (utility_ref scores quality instead).
 RefusalJudgeId = Literal["refusal_3class_v1", "refusal_3class_v2", "synthesis_route_v1", "harmful_v1"]
@@ -113,7 +113,7 @@ class BenchConfig(StrictModel):
                                "answer tokens)")
     rule: RuleName = Field(default="paper", description="refusal keyword rule: paper (warning keyword anywhere), "
                            "start (refusal phrase at the start), both, opening (a refusal clause in the opening "
-                           "sentences); see libra_ray/bench/rules.py")
+                           "sentences); see libra_ray/policy/rules.py")
     judge: EndpointConfig = Field(default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=16),
                                   description="the LLM judge (same keys as synth.teacher; null base_url = the "
                                   "embedded tiny model)")

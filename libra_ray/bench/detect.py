@@ -4,7 +4,7 @@
 
 Labels follow the human-labelled refusal sets: `compliance`, `refusal`, `partial` (partial counts as a
 refusal for the binary score). `confidence` is the detector's probability for its label (1.0 for rules).
-Detector names: `rule:<name>` for every rule in `libra_ray.bench.rules.RULES`, `classifier` /
+Detector names: `rule:<name>` for every rule in `libra_ray.policy.rules.RULES`, `classifier` /
 `classifier:PATH` (local embeddings + linear head), `default` (what `bench` uses offline), and
 `judge:PROMPT_ID` (an LLM judge; built by `libra_ray.bench.calibrate.judge_detector`, it needs an endpoint).
 """
@@ -58,7 +58,7 @@ class RuleDetector:
         return self.rule == "opening"
 
     def detect(self, texts: Sequence[str]) -> list[Detection]:
-        from libra_ray.bench.rules import rule_label
+        from libra_ray.policy.rules import rule_label
 
         return [Detection(rule_label(t, self.rule), 1.0) for t in texts]
 
@@ -71,7 +71,7 @@ DEFAULT_DETECTOR = "classifier"
 
 def offline_detector_names() -> list[str]:
     """Every detector that runs offline (no endpoint): each rule, then the shipped classifier."""
-    from libra_ray.bench.rules import RULES
+    from libra_ray.policy.rules import RULES
 
     return [f"rule:{r}" for r in RULES] + ["classifier"]
 
@@ -83,7 +83,7 @@ def get_detector(name: str) -> Detector:
     `calibrate --fit`), `default`. Judges (`judge:PROMPT_ID`) need an endpoint and a cached client:
     build them with `libra_ray.bench.calibrate.judge_detector`.
     """
-    from libra_ray.bench.rules import RULES
+    from libra_ray.policy.rules import RULES
 
     if name == "default":
         detector = get_detector(DEFAULT_DETECTOR)

@@ -143,7 +143,7 @@ def measure(detector: Any, rows: list[dict], confidence: float = 0.95) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from libra_ray.bench.detect import get_detector
-    from libra_ray.bench.rules import RULES
+    from libra_ray.policy.rules import RULES
 
     p = argparse.ArgumentParser(description="measure detectors on a human-labelled file; optionally record "
                                             "the numbers in libra_ray/bench/detectors/measured.json")

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from libra_ray.bench.rules import split_reasoning
 from libra_ray.engines.base import chat_messages
 from libra_ray.engines.params import GenParams, RequestError, short_error
+from libra_ray.policy.rules import split_reasoning
 
 if TYPE_CHECKING:
     import pyarrow as pa

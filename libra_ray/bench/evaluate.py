@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from libra_ray.bench.config import REFUSAL_JUDGE_IDS
 from libra_ray.bench.fingerprint import stable_hash
-from libra_ray.bench.judge import get_judge_prompt, judge_texts, refused_by_judge
-from libra_ray.bench.rules import rule_refused
+from libra_ray.llm.judge import judge_texts
+from libra_ray.policy.judge_prompts import get_judge_prompt, refused_by_judge
+from libra_ray.policy.rules import rule_refused
 
 if TYPE_CHECKING:
     from libra_ray.bench.config import BenchConfig

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from libra_ray._config_base import join_uri
 from libra_ray.bench import store
 from libra_ray.bench.engines import OUTPUT_COLUMNS, OpenAIEngine, TransformersEngine, VLLMEngine, chat_messages
 from libra_ray.bench.fingerprint import generation_fingerprint, generation_key
-from libra_ray.bench.rules import split_reasoning
-from libra_ray.config import join_uri
+from libra_ray.policy.rules import split_reasoning
 
 if TYPE_CHECKING:
     from libra_ray.bench.config import BenchConfig, BenchModelConfig
@@ -45,7 +45,7 @@ def generations_dir(cfg: "PipelineConfig", model: str) -> str:
 
 def load_benchmark_prompts(cfg: "PipelineConfig") -> pa.Table:
     """The distinct benchmark prompts; a missing or malformed file is a ConfigError (clear CLI message)."""
-    from libra_ray.config import ConfigError
+    from libra_ray._config_base import ConfigError
 
     b = cfg.bench
     try:

@@ -8,8 +8,8 @@ import io
 import json
 from typing import Any
 
+from libra_ray._config_base import join_uri
 from libra_ray.bench import store
-from libra_ray.config import join_uri
 
 METRICS = ("safety", "utility", "over_refusal", "overall")
 
@@ -357,7 +357,7 @@ def _json_default(obj: Any) -> Any:
 # ---- what the report says about where models and data came from ------------------------------------
 def model_provenance(cfg, model) -> str:
     """One sentence on how a benchmarked model was made (`cfg`: PipelineConfig, `model`: BenchModelConfig)."""
-    from libra_ray.train.pretrain import TINY_PRETRAINED, model_card
+    from libra_ray.tiny.pretrained import TINY_PRETRAINED, model_card
 
     if model.engine == "openai":
         return f"hosted model {model.endpoint.model} (OpenAI-compatible endpoint)"
@@ -376,7 +376,7 @@ def model_provenance(cfg, model) -> str:
 
 def _base_words(cfg, ref: str) -> str:
     from libra_ray.tiny import resolve_model
-    from libra_ray.train.pretrain import TINY_PRETRAINED, model_card
+    from libra_ray.tiny.pretrained import TINY_PRETRAINED, model_card
 
     if ref == TINY_PRETRAINED:
         return _pretrained_words(model_card(resolve_model(ref, cfg)))

@@ -80,7 +80,7 @@ class ClientStats:
     prompt_tokens: int = 0  # tokens billed by the server (malformed answers included, cache hits not)
     completion_tokens: int = 0
     busy_s: float = 0.0  # wall seconds with at least one call of this client in progress
-    judged_rows: int = 0  # texts judged by `libra_ray.bench.judge.judge_texts` (labelled or not)
+    judged_rows: int = 0  # texts judged by `libra_ray.llm.judge.judge_texts` (labelled or not)
     judge_s: float = 0.0  # wall seconds judge_texts spent on them
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -277,7 +277,7 @@ class ChatClient:
                  limiter: Limiter | None = None):
         url = base_url or endpoint.base_url
         if not url:
-            raise ValueError("the endpoint has no base_url: open it with libra_ray.llm.endpoint.open_endpoint "
+            raise ValueError("the endpoint has no base_url: open it with libra_ray.endpoints.open_endpoint "
                              "(which starts the embedded local server) or set base_url")
         self.endpoint = endpoint
         self.base_url = url.rstrip("/")

@@ -3,8 +3,8 @@
 - `run(cfg)`: start the app from `cfg.serve` and block until Ctrl-C (the CLI's `libra-ray serve`).
 - `start_app(cfg) -> RunningApp` / `stop_app(app)`: start and stop it programmatically;
   `serving(cfg)`: the same as a context manager yielding the `RunningApp` (`.base_url`, `.name`).
-- `local_openai_server(cfg, models)`: the embedded default endpoint for other stages (`local.py`).
-- `app.app_builder`: the import path of the Serve YAMLs under `serve/`.
+- The Serve YAMLs under `serve/` import `libra_ray.deploy:app_builder` (it loads the pipeline config);
+  the embedded default endpoint other stages start is `libra_ray.endpoints.local_openai_server`.
 
 Heavy imports stay inside functions: `libra_ray.config` imports this package for its config.
 """
@@ -73,10 +73,3 @@ def run(cfg: "PipelineConfig") -> dict:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-
-def __getattr__(name: str):
-    if name == "local_openai_server":
-        from libra_ray.serve.local import local_openai_server
-
-        return local_openai_server
-    raise AttributeError(name)

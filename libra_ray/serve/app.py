@@ -9,7 +9,7 @@ A vLLM model (`engine: vllm`, `vllm_server: ray_serve_llm`, the default) is serv
 
 Every client mistake becomes an OpenAI-format error (`{"error": {message, type, param, code}}`) with a
 4xx status; engine replicas return request errors as values (never raise), so a bad request can
-never kill a replica. `app_builder` is the import path used by the YAMLs under `serve/`.
+never kill a replica. The import path used by the YAMLs under `serve/` is `libra_ray.deploy:app_builder`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import time
 import uuid
 from pathlib import Path
@@ -185,7 +184,7 @@ def load_key_hashes(cfg: ServeConfig) -> list[str]:
 
     Raises ConfigError (a ValueError) when auth is configured but no key is found: never silently serve open.
     """
-    from libra_ray.config import ConfigError
+    from libra_ray._config_base import ConfigError
 
     if not cfg.api_keys_env and not cfg.api_keys_file:
         return []
@@ -531,14 +530,6 @@ def build_app(models: list[ServedModelConfig], cfg: ServeConfig):
     return ingress.bind(handles, {m.name: m.max_tokens_limit for m in models}, cfg.model_dump(), load_key_hashes(cfg))
 
 
-def _project_path(path: str) -> str:
-    """Relative paths resolve against the cwd, else the project root (the `serve deploy` worker's cwd differs)."""
-    if os.path.isabs(path) or "://" in path or os.path.exists(path):
-        return os.path.abspath(path) if "://" not in path else path
-    root = Path(__file__).resolve().parents[2]
-    return str(root / path)
-
-
 def served_models(pcfg) -> list[ServedModelConfig]:
     """The policy and the judge of a PipelineConfig, with their paths resolved."""
     from libra_ray.tiny import resolve_model
@@ -548,21 +539,3 @@ def served_models(pcfg) -> list[ServedModelConfig]:
         path = resolve_model(m.path, pcfg, key=f"serve.{'policy' if m is pcfg.serve.policy else 'judge'}.path")
         out.append(m.model_copy(update={"path": path}))
     return out
-
-
-def app_builder(args: dict | None = None):
-    """Import path for `serve run` / `serve deploy` YAMLs: `libra_ray.serve.app:app_builder`.
-
-    args: `config` (a pipeline YAML, optional) and `set` (a list of KEY=VALUE overrides), e.g.
-    `{"config": "jobs/quickstart.yaml", "set": ["serve.policy.path=tiny"]}`.
-    """
-    from libra_ray.config import load_config
-
-    args = dict(args or {})
-    config = args.pop("config", None)
-    overrides = list(args.pop("set", []) or [])
-    if args:
-        raise ValueError(f"unknown app args {sorted(args)}; expected 'config' and 'set'")
-    pcfg = load_config(_project_path(config) if config else None, overrides)
-    pcfg = pcfg.model_copy(update={"cache_dir": _project_path(pcfg.cache_dir), "storage": _project_path(pcfg.storage)})
-    return build_app(served_models(pcfg), pcfg.serve)

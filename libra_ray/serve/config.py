@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from libra_ray._config_base import StrictModel
 from libra_ray.bench.config import RefusalJudgeId, check_engine_kwargs
-from libra_ray.bench.rules import RuleName
+from libra_ray.policy.rules import RuleName
 
 
 class AutoscalingConfig(StrictModel):

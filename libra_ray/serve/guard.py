@@ -1,7 +1,7 @@
 """Guard mode: the judge screens the policy's answer before it is returned.
 
-It uses the benchmark's own judge prompt and refusal rule (`libra_ray.bench.judge`,
-`libra_ray.bench.rules`), so serving and evaluation agree on what "unsafe" means. An answer is
+It uses the benchmark's own judge prompt and refusal rule (`libra_ray.policy.judge_prompts`,
+`libra_ray.policy.rules`), so serving and evaluation agree on what "unsafe" means. An answer is
 *flagged* when the rule does not see a refusal and the judge says it complied (e.g. "Yes, the text
 contains a synthesis route"). A judge reply that cannot be parsed leaves the answer *unjudged*.
 """
@@ -24,7 +24,7 @@ class GuardVerdict:
 
 
 def guard_messages(answer: str, prompt_id: str) -> list[dict]:
-    from libra_ray.bench.judge import get_judge_prompt
+    from libra_ray.policy.judge_prompts import get_judge_prompt
 
     return get_judge_prompt(prompt_id).render(answer)
 
@@ -32,8 +32,8 @@ def guard_messages(answer: str, prompt_id: str) -> list[dict]:
 def screen(answer: str, judge_reply: str | None, prompt_id: str, rule: str, mode: str,
            fail_closed: bool = True) -> GuardVerdict:
     """The verdict on one answer given the judge's raw reply; `blocked` per mode ("flag" never blocks)."""
-    from libra_ray.bench.judge import get_judge_prompt, refused_by_judge
-    from libra_ray.bench.rules import rule_refused
+    from libra_ray.policy.judge_prompts import get_judge_prompt, refused_by_judge
+    from libra_ray.policy.rules import rule_refused
 
     label = get_judge_prompt(prompt_id).parse(judge_reply)
     refused = rule_refused(answer, rule)

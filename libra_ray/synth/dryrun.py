@@ -21,7 +21,7 @@ SOURCE_TEXT = {"prompt": "seed_prompt", "chosen": "seed_chosen", "rejected": "se
 
 def synth_plan(cfg: "PipelineConfig") -> dict:
     """Seed counts, teacher calls, estimated tokens and cost of `libra-ray synth` for `cfg` (JSON-able)."""
-    from libra_ray.config import ConfigError
+    from libra_ray._config_base import ConfigError
     from libra_ray.llm.client import estimate_tokens
     from libra_ray.synth.pipeline import phase1_rows, teacher_requests
     from libra_ray.synth.prices import teacher_prices
@@ -75,7 +75,7 @@ def synth_plan(cfg: "PipelineConfig") -> dict:
 def _gate_judge_plan(rows: list[dict], synth, n_items: dict) -> dict:
     """At most one judge call per paraphrase of an illegitimate seed (fewer after the gate and dedup)."""
     from libra_ray.llm.client import estimate_tokens
-    from libra_ray.synth.gate_judge import ACTIONABLE_V1
+    from libra_ray.policy.judge_prompts import ACTIONABLE_V1
     from libra_ray.synth.prices import teacher_prices
 
     calls = prompt_tokens = 0

@@ -1,8 +1,8 @@
 """The offline stand-in teacher: a template paraphraser served over the real OpenAI-compatible HTTP path.
 
-Selected with `synth.teacher.model: offline-paraphraser` (and `base_url: null`): `open_endpoint` starts
-it on 127.0.0.1 (`libra_ray.llm.testserver.TestOpenAIServer`, a real uvicorn server) and the synth
-stage calls it with the ordinary ChatClient, retries, cache and validators, exactly as a paid teacher.
+Selected with `synth.teacher.model: offline-paraphraser` (and `base_url: null`):
+`libra_ray.endpoints.open_endpoint` starts it on 127.0.0.1 (`libra_ray.llm.testserver.TestOpenAIServer`,
+a real uvicorn server; `responder` is what it answers with) and the synth stage calls it with the ordinary ChatClient, retries, cache and validators, exactly as a paid teacher.
 It is *not* a language model: it reads which of the four phase-2 tasks (`libra_ray.synth.prompts`) a
 request is, and answers with N distinct variants built from templates (synonyms, sentence order,
 openings and closings), deterministic by seed and request text. Like a real teacher it knows what a
@@ -15,19 +15,13 @@ Swap in a real teacher by setting `synth.teacher.base_url` and `model`; the data
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
 import re
-from collections.abc import Iterator
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 from libra_ray.facts import facts, listed_clause
-
-if TYPE_CHECKING:
-    from libra_ray.config import PipelineConfig
 
 OFFLINE_PARAPHRASER = "offline-paraphraser"
 DESCRIPTION = ("offline stand-in for a real teacher: a deterministic template paraphraser (no language model), "
@@ -207,12 +201,3 @@ def responder(seed: int = 0, seeds_csv: str | None = None):
         return json.dumps(paraphrase(messages, seed))
 
     return respond
-
-
-@contextlib.contextmanager
-def offline_teacher_server(cfg: "PipelineConfig") -> Iterator[str]:
-    """Start the paraphraser on 127.0.0.1 for this run; yields its base URL ("http://127.0.0.1:PORT/v1")."""
-    from libra_ray.llm.testserver import TestOpenAIServer
-
-    with TestOpenAIServer(responder=responder(cfg.synth.seed, cfg.synth.seeds_csv), keep_log=False) as server:
-        yield server.base_url

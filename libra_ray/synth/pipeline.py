@@ -20,7 +20,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from libra_ray.config import join_uri
+from libra_ray._config_base import join_uri
+from libra_ray.policy.safety import actionable_reasons
 from libra_ray.seeds import allocate, plan_seeds
 from libra_ray.storage import filesystem
 from libra_ray.synth import prompts as P
@@ -28,7 +29,6 @@ from libra_ray.synth.card import render_card  # noqa: F401 - re-exported (the ca
 from libra_ray.synth.dedup import semantic_dedupe_rows
 from libra_ray.synth.gate_judge import GateJudge, gate_judge_rows
 from libra_ray.synth.prices import teacher_prices
-from libra_ray.synth.safety import actionable_reasons
 
 if TYPE_CHECKING:
     from libra_ray.config import PipelineConfig

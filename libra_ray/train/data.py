@@ -11,7 +11,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from libra_ray.config import ConfigError, join_uri
+from libra_ray._config_base import ConfigError, join_uri
 from libra_ray.storage import filesystem
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import os
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from libra_ray.config import ConfigError, join_uri
+from libra_ray._config_base import ConfigError, join_uri
 from libra_ray.train.data import copy_tree, read_text, read_train_table, train_split_uri, write_text
 
 if TYPE_CHECKING:

@@ -4,6 +4,8 @@ tokenizer with a chat template, saved as safetensors. Deterministic from a seed.
 No model hub is reachable on our CI machines, so tests and the embedded default use this model;
 its text is nonsense but every code path (tokenizer, chat template, DPO, vLLM, Serve) is real.
 Real users point `model` at a hub id (e.g. `Qwen/Qwen2.5-7B-Instruct`) or a local path instead.
+The pretrained variant (`model: tiny-pretrained`, a base model that knows the catalogue's facts) is
+`libra_ray.tiny.pretrained`; both configs are in `libra_ray.tiny.config`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from libra_ray.config import PipelineConfig, TinyModelConfig
+    from libra_ray.config import PipelineConfig
+    from libra_ray.tiny.config import TinyModelConfig
 
 TINY = "tiny"
 
@@ -91,7 +94,7 @@ def build_tiny_model(out_dir: str | os.PathLike, cfg: "TinyModelConfig | None" =
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from libra_ray.config import TinyModelConfig
+    from libra_ray.tiny.config import TinyModelConfig
 
     cfg = cfg or TinyModelConfig()
     out = Path(out_dir)
@@ -127,7 +130,7 @@ def build_tiny_model(out_dir: str | os.PathLike, cfg: "TinyModelConfig | None" =
 
 def ensure_tiny_model(cache_dir: str | os.PathLike, cfg: "TinyModelConfig | None" = None) -> Path:
     """Return the cached tiny model for `cfg`, building it once (safe across concurrent processes)."""
-    from libra_ray.config import TinyModelConfig
+    from libra_ray.tiny.config import TinyModelConfig
 
     cfg = cfg or TinyModelConfig()
     out = Path(cache_dir) / f"tiny-llama-{_fingerprint(cfg)}"
@@ -148,16 +151,16 @@ def resolve_model(ref: str, cfg: "PipelineConfig", key: str = "model") -> str:
     """Turn a model reference from config into something `from_pretrained`/vLLM can load.
 
     "tiny" -> the cached tiny model (random weights); "tiny-pretrained" -> the tiny model pretrained on
-    facts about the catalogue's compounds (built once, cached; libra_ray.train.pretrain); "trained" -> this
+    facts about the catalogue's compounds (built once, cached; libra_ray.tiny.pretrained); "trained" -> this
     run's trained model; anything else (a hub id or a path) is passed through unchanged. A missing trained
     model or local path is a ConfigError naming `key` (see `check_model_ref`).
     """
     if ref == TINY:
         return str(ensure_tiny_model(Path(cfg.cache_dir).absolute(), cfg.tiny_model))
-    from libra_ray.train.pretrain import TINY_PRETRAINED
+    from libra_ray.tiny.pretrained import TINY_PRETRAINED
 
     if ref == TINY_PRETRAINED:
-        from libra_ray.train.pretrain import ensure_pretrained_model
+        from libra_ray.tiny.pretrained import ensure_pretrained_model
 
         return str(ensure_pretrained_model(Path(cfg.cache_dir).absolute(), cfg.tiny_pretrained, cfg.synth.seeds_csv))
     check_model_ref(ref, cfg, key)
@@ -168,7 +171,7 @@ def check_local_model(ref: str, key: str) -> bool:
     """True when `ref` is a local model folder (a folder with config.json or adapter_config.json); False
     when it is not a local path (a hub id "org/name" or "name", or a URI the workers read); a ConfigError
     naming `key` when it looks like a local path but is missing or no model folder."""
-    from libra_ray.config import ConfigError
+    from libra_ray._config_base import ConfigError
 
     if "://" in ref:
         return False
@@ -187,7 +190,7 @@ def check_model_ref(ref: str, cfg: "PipelineConfig", key: str = "model") -> None
     """Fail fast, before anything starts, when `ref` cannot be a model: "trained" before `libra-ray train`
     ran, or a local path that is missing or no model folder. Builds and loads nothing; hub ids and URIs
     are not checked here (the hub or bucket may be reachable only from the cluster)."""
-    from libra_ray.config import ConfigError, join_uri
+    from libra_ray._config_base import ConfigError, join_uri
     from libra_ray.storage import exists
 
     if ref in (TINY, "tiny-pretrained"):  # built locally on first use

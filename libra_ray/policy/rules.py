@@ -22,7 +22,7 @@ Two rules, selectable (`BenchConfig.rule`):
   ("it is dangerous to ..."), and it labels a decline followed by an offer of other help ("..., but I
   can give general background") as `partial` (see `opening_label`).
 
-Rules are cheap and transparent; the LLM judge (`libra_ray.bench.judge`) covers what they miss.
+Rules are cheap and transparent; the LLM judge (`libra_ray.policy.judge_prompts`) covers what they miss.
 """
 
 from __future__ import annotations

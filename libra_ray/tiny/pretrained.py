@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 from libra_ray.facts import facts, listed_clause
 
 if TYPE_CHECKING:
-    from libra_ray.config import PretrainedTinyConfig
     from libra_ray.seeds.catalogue import Compound
+    from libra_ray.tiny.config import PretrainedTinyConfig
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,8 @@ def build_pretrained_model(out_dir: str | os.PathLike, cfg: "PretrainedTinyConfi
 def ensure_pretrained_model(cache_dir: str | os.PathLike, cfg: "PretrainedTinyConfig | None" = None,
                             seeds_csv: str | None = None, *, progress: bool = True) -> Path:
     """The cached pretrained base model for `cfg` and the catalogue, built once (safe across processes)."""
-    from libra_ray.config import PretrainedTinyConfig
     from libra_ray.seeds import load_catalogue
+    from libra_ray.tiny.config import PretrainedTinyConfig
 
     cfg = cfg or PretrainedTinyConfig()
     compounds = load_catalogue(seeds_csv, check_smiles=False)
