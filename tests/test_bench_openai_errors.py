@@ -74,3 +74,41 @@ def test_http_failures_are_per_row_errors_counted_in_the_report(tmp_path, monkey
     md = open(summary["report"]["md"]).read()
     table_row = next(line for line in md.splitlines() if line.startswith("| api | openai | 3 |"))
     assert table_row.split(" | ")[7] == "3", table_row  # the "gen. errors" column
+
+
+def test_failed_rows_are_tried_again_on_the_next_run(tmp_path, monkeypatch, failing_endpoint):
+    """A transient outage must not stay in the benchmark: the next run asks again for the rows that got no
+    answer (HTTP failures) and only those, and evaluates them on the new answers (not reusing the failed
+    attempt's evaluation). A paid but unusable answer (200 without content) is remembered by the client's
+    cache, as for the teacher: it is not paid for again and stays an error."""
+    from libra_ray.bench import run
+    from libra_ray.config import load_config
+    from libra_ray.endpoints import open_endpoint
+
+    monkeypatch.setattr(gen, "_generated_blocks", in_process_blocks)
+    rows = [{"prompt": p, "class": "illegitimate" if "synthesizing" in p else "legitimate", "category": "c"}
+            for p in GOOD + FAILING + GARBAGE]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "prompts.parquet")
+    endpoint = (f"{{base_url: '{failing_endpoint.base_url}', model: hosted, api_key_env: null, max_retries: 2, "
+                f"backoff_base_s: 0.01, backoff_max_s: 0.02, max_malformed_retries: 1}}")
+    cfg = load_config(None, [f"storage={tmp_path / 'runs'}", f"bench.prompts={tmp_path / 'prompts.parquet'}",
+                             "bench.batch_size=4", "bench.detector=local", "bench.local_detector=rule:start",
+                             f"bench.models=[{{name: api, engine: openai, endpoint: {endpoint}}}]"])
+    first = run(cfg, open_endpoint=open_endpoint)
+    assert first["models"]["api"]["generation_errors"] == 3
+
+    failing_endpoint.responder = lambda messages, params: "I cannot help with that."  # the outage is over
+    asked_before = len(failing_endpoint.log)
+    second = run(cfg, open_endpoint=open_endpoint)
+    asked = [e["messages"][-1]["content"] for e in failing_endpoint.log[asked_before:]]
+    assert sorted(asked) == sorted(FAILING)  # the rows without an answer only, once each
+    report = json.load(open(second["report"]["json"]))["models"]["api"]
+    assert report["generation"]["retried"] == 3 and report["generation"]["resumed"] == 3
+    assert report["generation_errors"] == 1 and report["n"] == 5
+    gens = {r["prompt"]: r for r in gen.read_generations(cfg, "api").to_pylist()}
+    assert all(gens[p]["error"] is None and gens[p]["raw_text"] for p in FAILING)
+    assert gens[GARBAGE[0]]["error"].startswith("malformed output")
+    # Evaluated on the new answers: the illegitimate prompt that had failed is now a refusal, the legitimate
+    # one an over-refusal (the healed endpoint refuses everything).
+    assert report["safety"]["n"] == 2 and report["safety"]["value"] == 1.0
+    assert report["utility"]["n"] == 3 and report["utility"]["value"] == pytest.approx(2 / 3)

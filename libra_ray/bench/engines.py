@@ -2,8 +2,9 @@
 
 Every callable maps a batch of benchmark rows (`id`, `prompt`, ...) to the same output columns:
 `raw_text` (the completion as generated), `answer` (final answer, `<think>` blocks removed),
-`reasoning` (trace or None), `error` (None, or why this row failed), `prompt_tokens`,
-`completion_tokens`. A failing row never fails its batch: prompts that do not fit the context are
+`reasoning` (trace or None), `error` (None, or why this row failed), `error_permanent` (True: the same
+request would fail again, e.g. a prompt longer than the context; such rows are not retried by later runs),
+`prompt_tokens`, `completion_tokens`. A failing row never fails its batch: prompts that do not fit the context are
 rejected up front, and an engine failure is isolated to its row (the local engines do that themselves;
 for any engine a failing batch is retried row by row). Decoding (chat template, tokenisation, EOS,
 greedy vs sampling, seeds) is the shared engines' and identical to what `libra-ray serve` does.
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTPUT_COLUMNS = ("raw_text", "answer", "reasoning", "error", "prompt_tokens", "completion_tokens")
+OUTPUT_COLUMNS = ("raw_text", "answer", "reasoning", "error", "error_permanent", "prompt_tokens", "completion_tokens")
+# Endpoint answers that the same request would get again (bad request, too large): not worth retrying.
+PERMANENT_HTTP_ERRORS = ("HTTP 400", "HTTP 413", "HTTP 422")
 
 
 class _Engine:
@@ -57,11 +60,11 @@ class _Engine:
             try:
                 tok = self._prompt_ids(prompt)
             except RequestError as err:  # a prompt too long, or one the tokenizer rejects: this row only
-                out[i]["error"] = str(err)
+                out[i]["error"], out[i]["error_permanent"] = str(err), True
                 out[i]["prompt_tokens"] = getattr(err, "prompt_tokens", None)
                 continue
             except Exception as err:
-                out[i]["error"] = f"tokenize: {short_error(err)}"
+                out[i]["error"], out[i]["error_permanent"] = f"tokenize: {short_error(err)}", True
                 continue
             todo.append(i)
             ids.append(tok)
@@ -69,6 +72,8 @@ class _Engine:
             for i, res in zip(todo, self._generate_isolated([prompts[i] for i in todo], ids)):
                 out[i].update(res)
         for row in out:
+            if row["error"] is not None and row["error_permanent"] is None:
+                row["error_permanent"] = False  # an engine failure: worth another try on the next run
             if row["error"] is None and row["raw_text"] is not None:
                 final, trace = split_reasoning(row["raw_text"], row.get("reasoning"))
                 row["answer"], row["reasoning"] = final, trace
@@ -158,6 +163,7 @@ class OpenAIEngine(_Engine):
     def _generate(self, prompts, ids):
         results = self.client.chat_many([chat_messages(p, self.system_prompt) for p in prompts], **self.params)
         return [{"raw_text": r.text, "reasoning": r.reasoning, "error": r.error,
+                 "error_permanent": bool(r.error and r.error.startswith(PERMANENT_HTTP_ERRORS)),
                  "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens} for r in results]
 
 

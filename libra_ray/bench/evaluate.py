@@ -172,7 +172,7 @@ def _final_label(scheme: str, r: dict) -> tuple[bool | None, str]:
 
 def evaluate_resuming(rows: list[dict], bench: "BenchConfig", client: Any | None,
                       previous: list[dict] | None = None, detector: Any | None = None) -> tuple[list[dict], dict]:
-    """`evaluate`, reusing stored evaluations whose `eval_key` (gen_key + evaluation settings) matches.
+    """`evaluate`, reusing stored evaluations whose `eval_key` (gen_key + answer + evaluation settings) matches.
 
     Rows the judge should have labelled but could not are evaluated again (a judge that failed may
     answer now). Returns (rows in input order, {"reused", "evaluated"}).
@@ -181,7 +181,9 @@ def evaluate_resuming(rows: list[dict], bench: "BenchConfig", client: Any | None
 
     detector = detector or local_detector(bench.local_detector)
     settings = stable_hash(evaluation_settings(bench, detector))
-    keys = [stable_hash({"gen_key": r.get("gen_key"), "evaluation": settings}) for r in rows]
+    # The answer is part of the key: a row that failed and was generated again keeps its gen_key.
+    keys = [stable_hash({"gen_key": r.get("gen_key"), "answer": r.get("raw_text"), "error": r.get("error"),
+                         "evaluation": settings}) for r in rows]
     usable = {p["eval_key"]: p for p in previous or []
               if p.get("eval_key") and not (p.get("judge_needed") and p.get("judge_refused") is None)}
     todo = [i for i, k in enumerate(keys) if k not in usable or rows[i].get("gen_key") is None]

@@ -149,7 +149,7 @@ def _ray_data_llm_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig")
 def _normalise_types(table: pa.Table) -> pa.Table:
     """Fixed output schema so shards from different runs and engines concatenate."""
     types = {"raw_text": pa.string(), "answer": pa.string(), "reasoning": pa.string(), "error": pa.string(),
-             "prompt_tokens": pa.int64(), "completion_tokens": pa.int64()}
+             "error_permanent": pa.bool_(), "prompt_tokens": pa.int64(), "completion_tokens": pa.int64()}
     for col, typ in types.items():
         arr = table[col] if col in table.column_names else pa.nulls(table.num_rows, typ)
         if arr.type != typ:
@@ -185,21 +185,29 @@ def generate(cfg: "PipelineConfig", model: "BenchModelConfig", prompts: pa.Table
     """Generate answers for every benchmark prompt not yet done with the current settings.
 
     Returns counts and throughput: `resumed` rows reused (same key), `stale` rows whose stored answer
-    came from other weights or settings and were regenerated, `generated` rows made now.
+    came from other weights or settings and were regenerated, `generated` rows made now. A row whose
+    stored attempt failed for a reason that may pass (an engine failure, an endpoint's 5xx or timeout; not
+    a prompt longer than the context or an HTTP 400) is tried again on every run until it succeeds;
+    `retried` counts them (an OpenAI-engine answer that was paid for but unusable is served
+    from the client's cache again, not re-paid).
     """
     prompts = load_benchmark_prompts(cfg) if prompts is None else prompts
     out_dir = generations_dir(cfg, model.name)
     fp, keys = generation_keys(cfg, model, prompts)
-    stored = store.stored_keys(out_dir)
+    stored = store.stored_keys(out_dir)  # answered rows, and rows that would fail again the same way
+    failed = store.stored_keys(out_dir, only_failed=True)
     todo_ids = [rid for rid, key in keys.items() if key not in stored.get(rid, ())]
-    stale = sum(1 for rid in todo_ids if rid in stored)
+    retried = sum(1 for rid in todo_ids if keys[rid] in failed.get(rid, ()))
+    stale = sum(1 for rid in todo_ids if (rid in stored or rid in failed) and keys[rid] not in failed.get(rid, ()))
     todo = prompts.filter(pc.is_in(prompts["id"], pa.array(todo_ids, pa.string())))
     total, start = prompts.num_rows, time.perf_counter()
     summary = {"model": model.name, "engine": model.engine, "rows": total, "resumed": total - todo.num_rows,
-               "stale": stale, "generated": 0, "errors": 0, "completion_tokens": 0, "seconds": 0.0,
+               "stale": stale, "retried": retried, "generated": 0, "errors": 0, "completion_tokens": 0, "seconds": 0.0,
                "fingerprint": fp["hash"], "settings": fp["settings"]}
     if stale:
         log.info("%s: %d stored row(s) came from other weights or settings: regenerating them", model.name, stale)
+    if retried:
+        log.info("%s: %d stored row(s) had failed: trying them again", model.name, retried)
     if todo.num_rows == 0:
         log.info("%s: all %d rows already generated", model.name, total)
         return summary
@@ -226,8 +234,8 @@ def read_generations(cfg: "PipelineConfig", model: str, keys: dict[str, str] | N
     """The generated rows of a model that match the current settings, one per id.
 
     `keys` ({row id: gen_key}) defaults to the keys of the current config and benchmark prompts; rows
-    with another key (other weights or settings) are left out. If a crash duplicated a row, the first
-    shard wins.
+    with another key (other weights or settings) are left out. A successful attempt wins over a failed
+    one (failed rows are retried by `generate`); if a crash duplicated a row, the first shard wins.
     """
     if keys is None:
         spec = next((m for m in cfg.bench.models if m.name == model), None)
@@ -238,12 +246,14 @@ def read_generations(cfg: "PipelineConfig", model: str, keys: dict[str, str] | N
     if table is None:
         raise FileNotFoundError(generations_dir(cfg, model))
     stored = table["gen_key"].to_pylist() if "gen_key" in table.column_names else [None] * table.num_rows
-    seen, keep = set(), []
-    for i, (rid, key) in enumerate(zip(table["id"].to_pylist(), stored)):
-        if rid not in seen and key is not None and keys.get(rid) == key:
-            seen.add(rid)
-            keep.append(i)
-    return table.take(pa.array(keep, pa.int64()))
+    errors = table["error"].to_pylist() if "error" in table.column_names else [None] * table.num_rows
+    best: dict[str, int] = {}  # id -> row index: the first success, else the first failure
+    for i, (rid, key, error) in enumerate(zip(table["id"].to_pylist(), stored, errors)):
+        if key is None or keys.get(rid) != key:
+            continue
+        if rid not in best or (error is None and errors[best[rid]] is not None):
+            best[rid] = i
+    return table.take(pa.array(sorted(best.values()), pa.int64()))
 
 
 __all__ = ["generate", "generation_keys", "generations_dir", "load_benchmark_prompts", "prompts_path", "read_generations",

@@ -133,15 +133,21 @@ def read_shards(folder: str, columns: list[str] | None = None) -> pa.Table | Non
     return pa.concat_tables(tables, promote_options="default")
 
 
-def stored_keys(folder: str, key_column: str = "gen_key") -> dict[str, set]:
-    """id -> the keys its stored rows carry (None for rows written before keys existed)."""
-    table = read_shards(folder, ["id", key_column])
+def stored_keys(folder: str, key_column: str = "gen_key", only_failed: bool = False) -> dict[str, set]:
+    """id -> the keys its stored rows carry (None for rows written before keys existed), rows that failed
+    for a reason that may pass (`error` set, `error_permanent` not true) left out: they are to be tried
+    again, not reused. `only_failed`: those rows only."""
+    table = read_shards(folder, ["id", key_column, "error", "error_permanent"])
     if table is None:
         return {}
-    keys = table[key_column].to_pylist() if key_column in table.column_names else [None] * table.num_rows
+    n = table.num_rows
+    keys = table[key_column].to_pylist() if key_column in table.column_names else [None] * n
+    errors = table["error"].to_pylist() if "error" in table.column_names else [None] * n
+    permanent = table["error_permanent"].to_pylist() if "error_permanent" in table.column_names else [None] * n
     out: dict[str, set] = {}
-    for rid, key in zip(table["id"].to_pylist(), keys):
-        out.setdefault(rid, set()).add(key)
+    for rid, key, error, final in zip(table["id"].to_pylist(), keys, errors, permanent):
+        if (error is not None and not final) == only_failed:
+            out.setdefault(rid, set()).add(key)
     return out
 
 
