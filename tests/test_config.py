@@ -85,3 +85,9 @@ def test_run_layout_is_absolute_for_local_storage(tmp_path):
     assert cfg.dataset_dir == f"{tmp_path}/r1/dataset"
     remote = load_config(None, ["storage=s3://bucket/prefix/"])
     assert remote.model_dir == "s3://bucket/prefix/quickstart/model"
+
+
+def test_bench_gpus_cover_tensor_parallel_workers():
+    with pytest.raises(ConfigError, match="fewer than tensor_parallel_size=2"):
+        load_config(None, ["bench.tensor_parallel_size=2", "bench.num_gpus=1"])
+    assert load_config(None, ["bench.tensor_parallel_size=2", "bench.num_gpus=2"]).bench.num_gpus == 2

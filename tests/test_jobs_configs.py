@@ -38,7 +38,7 @@ def test_quickstart_is_local_and_full_scale_is_the_paper():
     assert (full.synth.n_prompt, full.synth.n_chosen, full.synth.n_rejected) == (5, 5, 5)
     assert full.train.deepspeed == "zero3" and full.train.use_gpu and full.train.replicas == 16
     assert full.storage.startswith("s3://") and full.dataset_dir.startswith("s3://")
-    assert full.bench.tensor_parallel_size > 1
+    assert full.bench.tensor_parallel_size > 1 and full.bench.num_gpus == full.bench.tensor_parallel_size
     assert full.synth.teacher.api_key_env == "OPENAI_API_KEY"
 
 

@@ -99,7 +99,8 @@ class BenchConfig(StrictModel):
     batch_size: int = Field(default=16, ge=1, description="prompts per engine call (Ray Data batch)")
     num_cpus: float = Field(default=1.0, gt=0, description="CPUs per engine replica (transformers: its torch "
                             "threads)")
-    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per engine replica")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per engine replica (with vLLM at least "
+                            "tensor_parallel_size: one per tensor-parallel worker)")
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1, description="vLLM gpu_memory_utilization (0.5 "
                                           "suits the CPU build on a small VM; raise it on GPUs)")
     enforce_eager: bool = Field(default=True, description="vLLM enforce_eager: no compilation/CUDA graphs (fast "
@@ -158,3 +159,11 @@ class BenchConfig(StrictModel):
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique (got {names})")
         return models
+
+    @model_validator(mode="after")
+    def _gpus_for_tensor_parallel(self) -> "BenchConfig":
+        # An actor given fewer GPUs than its tensor-parallel workers cannot start vLLM (Ray hides the rest).
+        if 0 < self.num_gpus < self.tensor_parallel_size:
+            raise ValueError(f"num_gpus={self.num_gpus:g} per replica is fewer than tensor_parallel_size="
+                             f"{self.tensor_parallel_size}: give each replica one GPU per tensor-parallel worker")
+        return self

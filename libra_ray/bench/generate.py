@@ -109,7 +109,8 @@ def _ray_data_llm_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig")
         batch_size=b.batch_size,
         concurrency=b.replicas,
         # On CPU the engine must ask for CPUs, not the default GPU bundle (which never schedules here).
-        placement_group_config={"bundles": [{"CPU": b.num_cpus, "GPU": b.num_gpus}
+        # One bundle per tensor-parallel worker, sharing the replica's GPUs.
+        placement_group_config={"bundles": [{"CPU": b.num_cpus, "GPU": b.num_gpus / b.tensor_parallel_size}
                                             if b.num_gpus else {"CPU": b.num_cpus}]
                                 * b.tensor_parallel_size},
         should_continue_on_error=True,
