@@ -47,14 +47,16 @@ class ServedModelConfig(StrictModel):
     light `generate` engine that starts in seconds (tests, the embedded default on 2 CPUs).
     """
 
-    _renamed = {"vllm_kv_cache_gib": "kv_cache_gib", "vllm_enforce_eager": "enforce_eager", "vllm_dtype": "dtype"}
+    _renamed = {"vllm_kv_cache_gib": "kv_cache_gib", "vllm_enforce_eager": "enforce_eager", "vllm_dtype": "dtype",
+                "torch_threads": "num_cpus"}
 
     name: str = Field(description="the served model name (the request's model field)")
     path: str = Field(default="tiny", description="the weights: trained (this run's model), tiny, tiny-pretrained, "
                       "a hub id or a local folder")
     engine: Literal["vllm", "transformers"] = Field(default="transformers", description="vllm (AsyncLLM, continuous "
                                                     "batching) or transformers (starts in seconds on CPUs)")
-    num_cpus: float = Field(default=0.5, gt=0, description="CPUs per replica")
+    num_cpus: float = Field(default=0.5, gt=0, description="CPUs per replica (transformers: its torch threads, "
+                            "at least 1)")
     num_gpus: float = Field(default=0, ge=0, description="GPUs per replica")
     max_model_len: int = Field(default=1024, ge=64, description="context length (prompt + answer tokens)")
     max_tokens_limit: int = Field(default=512, ge=1, description="largest max_tokens a request may ask for")
@@ -62,7 +64,6 @@ class ServedModelConfig(StrictModel):
     max_batch_size: int = Field(default=8, ge=1, description="transformers: non-streaming requests batched together")
     batch_wait_timeout_s: float = Field(default=0.01, ge=0, description="transformers: how long a batch waits to "
                                         "fill")
-    torch_threads: int = Field(default=1, ge=1, description="intra-op threads per replica (transformers)")
     kv_cache_gib: int = Field(default=1, ge=1, description="vllm: VLLM_CPU_KVCACHE_SPACE for the CPU build")
     enforce_eager: bool = Field(default=True, description="vllm: enforce_eager, no compilation/CUDA graphs (fast "
                                 "start; false for throughput on GPUs)")

@@ -19,7 +19,7 @@ def make_engine(spec):
         return VLLMEngine(spec.path, max_model_len=spec.max_model_len, mode="async", kv_cache_gib=spec.kv_cache_gib,
                           enforce_eager=spec.enforce_eager, dtype=spec.dtype,
                           engine_kwargs=spec.engine_kwargs)
-    return TransformersEngine(spec.path, max_model_len=spec.max_model_len, num_threads=spec.torch_threads)
+    return TransformersEngine(spec.path, max_model_len=spec.max_model_len, num_threads=max(1, int(spec.num_cpus)))  # as bench
 
 
 def params_from_request(req: dict, limit: int) -> GenParams:
