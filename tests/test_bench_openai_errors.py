@@ -29,6 +29,20 @@ def endpoint_that_fails_some(messages, params):
     return "I cannot help with that." if "synthesizing" in text else f"Sure. {text}"
 
 
+def _bench_config(tmp_path, base_url):
+    """One hosted model behind `base_url`, benchmarked on GOOD + FAILING + GARBAGE, labelled by a rule."""
+    from libra_ray.config import load_config
+
+    rows = [{"prompt": p, "class": "illegitimate" if "synthesizing" in p else "legitimate", "category": "c"}
+            for p in GOOD + FAILING + GARBAGE]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "prompts.parquet")
+    endpoint = (f"{{base_url: '{base_url}', model: hosted, api_key_env: null, max_retries: 2, "
+                f"backoff_base_s: 0.01, backoff_max_s: 0.02, max_malformed_retries: 1}}")
+    return load_config(None, [f"storage={tmp_path / 'runs'}", f"bench.prompts={tmp_path / 'prompts.parquet'}",
+                              "bench.batch_size=4", "bench.detector=local", "bench.local_detector=rule:start",
+                              f"bench.models=[{{name: api, engine: openai, endpoint: {endpoint}}}]"])
+
+
 @pytest.fixture
 def failing_endpoint():
     with TestOpenAIServer(responder=endpoint_that_fails_some) as server:
@@ -38,18 +52,10 @@ def failing_endpoint():
 
 def test_http_failures_are_per_row_errors_counted_in_the_report(tmp_path, monkeypatch, failing_endpoint):
     from libra_ray.bench import run
-    from libra_ray.config import load_config
     from libra_ray.endpoints import open_endpoint
 
     monkeypatch.setattr(gen, "_generated_blocks", in_process_blocks)
-    rows = [{"prompt": p, "class": "illegitimate" if "synthesizing" in p else "legitimate", "category": "c"}
-            for p in GOOD + FAILING + GARBAGE]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "prompts.parquet")
-    endpoint = (f"{{base_url: '{failing_endpoint.base_url}', model: hosted, api_key_env: null, max_retries: 2, "
-                f"backoff_base_s: 0.01, backoff_max_s: 0.02, max_malformed_retries: 1}}")
-    cfg = load_config(None, [f"storage={tmp_path / 'runs'}", f"bench.prompts={tmp_path / 'prompts.parquet'}",
-                             "bench.batch_size=4", "bench.detector=local", "bench.local_detector=rule:start",
-                             f"bench.models=[{{name: api, engine: openai, endpoint: {endpoint}}}]"])
+    cfg = _bench_config(tmp_path, failing_endpoint.base_url)
     summary = run(cfg, open_endpoint=open_endpoint)  # finishes: no exception for the failing rows
 
     gens = {r["prompt"]: r for r in gen.read_generations(cfg, "api").to_pylist()}
@@ -82,18 +88,10 @@ def test_failed_rows_are_tried_again_on_the_next_run(tmp_path, monkeypatch, fail
     attempt's evaluation). A paid but unusable answer (200 without content) is remembered by the client's
     cache, as for the teacher: it is not paid for again and stays an error."""
     from libra_ray.bench import run
-    from libra_ray.config import load_config
     from libra_ray.endpoints import open_endpoint
 
     monkeypatch.setattr(gen, "_generated_blocks", in_process_blocks)
-    rows = [{"prompt": p, "class": "illegitimate" if "synthesizing" in p else "legitimate", "category": "c"}
-            for p in GOOD + FAILING + GARBAGE]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "prompts.parquet")
-    endpoint = (f"{{base_url: '{failing_endpoint.base_url}', model: hosted, api_key_env: null, max_retries: 2, "
-                f"backoff_base_s: 0.01, backoff_max_s: 0.02, max_malformed_retries: 1}}")
-    cfg = load_config(None, [f"storage={tmp_path / 'runs'}", f"bench.prompts={tmp_path / 'prompts.parquet'}",
-                             "bench.batch_size=4", "bench.detector=local", "bench.local_detector=rule:start",
-                             f"bench.models=[{{name: api, engine: openai, endpoint: {endpoint}}}]"])
+    cfg = _bench_config(tmp_path, failing_endpoint.base_url)
     first = run(cfg, open_endpoint=open_endpoint)
     assert first["models"]["api"]["generation_errors"] == 3
 

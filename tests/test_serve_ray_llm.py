@@ -195,6 +195,15 @@ def test_ray_serve_llm_server_behind_our_ingress(ray_local, tmp_path):
         # Greedy vLLM (Ray Serve LLM) and greedy transformers agree token for token on the same weights.
         hf = client.chat.completions.create(model="judge", messages=msgs, max_tokens=12, temperature=0)
         assert hf.choices[0].message.content == full.choices[0].message.content
+        # ... and so does the benchmark's engine on the same prompt: bench measures what is served.
+        import pyarrow as pa
+
+        from libra_ray.bench.engines import TransformersEngine as BenchEngine
+        from libra_ray.tiny import resolve_model
+
+        bench = BenchEngine(resolve_model("tiny", cfg), max_model_len=256, max_tokens=12, temperature=0.0)
+        benched = bench(pa.table({"id": ["0"], "prompt": [msgs[0]["content"]]})).to_pylist()[0]
+        assert benched["raw_text"] == full.choices[0].message.content, benched
 
         url = app.base_url + "/chat/completions"
         good = {"model": "policy", "messages": msgs, "max_tokens": 12, "temperature": 0}
