@@ -71,14 +71,21 @@ def _kill_orphaned_ray_children() -> None:
             return "ray" in " ".join(proc.cmdline())
         return False
 
-    children = [p for p in psutil.Process().children(recursive=True) if is_ray(p)]
-    for child in children:
+    _terminate([p for p in psutil.Process().children(recursive=True) if is_ray(p)], grace_s=10)
+
+
+def _terminate(procs: list, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL for what is still alive after `grace_s`."""
+    import psutil
+
+    for proc in procs:
         with contextlib.suppress(psutil.Error):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for child in alive:
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
         with contextlib.suppress(psutil.Error):
-            child.kill()
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 # ---- processes of a killed driver's local cluster ---------------------------------------------------
@@ -182,14 +189,7 @@ def cleanup_dead_local_sessions() -> list[int]:
         if leftovers:
             log.warning("stopping %d leftover Ray processes of a killed driver (pid %s, %s)", len(leftovers),
                         driver_pid, state.get("session_dir"))
-        for proc in leftovers:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        _, alive = psutil.wait_procs(leftovers, timeout=5)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+        _terminate(leftovers, grace_s=5)
         stopped += [p.pid for p in leftovers]
         with contextlib.suppress(OSError):
             os.remove(path)
