@@ -167,8 +167,6 @@ def cleanup_dead_local_sessions() -> list[int]:
     """Stop the leftover processes of every recorded local session whose driver is dead (SIGTERM, then
     SIGKILL after 5 s) and drop its state file; sessions of live drivers are left alone. Returns the
     pids stopped. Cheap when there is nothing to do (one directory listing)."""
-    import psutil
-
     folder = local_session_dir()
     try:
         names = [n for n in os.listdir(folder) if n.endswith(".json")]
