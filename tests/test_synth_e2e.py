@@ -159,7 +159,7 @@ def test_sigkilled_cli_run_resumes_without_repeated_calls_or_leftover_ray(tmp_pa
 
     with TestOpenAIServer(responder=scripted_teacher, latency_s=0.3) as server:
         overrides = [f"storage={tmp_path}", f"synth.teacher.base_url={server.base_url}", "synth.num_legitimate=8",
-                     "synth.num_illegitimate=8", "synth.concurrency=1", "synth.batch_size=2",
+                     "synth.num_illegitimate=8", "synth.replicas=1", "synth.batch_size=2",
                      "synth.teacher.max_concurrency=4", "synth.teacher.api_key_env=null", "ray.num_cpus=2"]
         cfg = load_config(None, overrides)
         seeds = phase1_rows(cfg.synth)
