@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from libra_ray._config_base import StrictModel, folder_name
+from libra_ray.engines.vllm_engine import check_engine_kwargs
 from libra_ray.llm.config import EndpointConfig
+from libra_ray.policy.judge_prompts import JUDGE_PROMPT_IDS, REFUSAL_JUDGE_IDS, JudgePromptId, RefusalJudgeId
 from libra_ray.policy.rules import RuleName
 from libra_ray.seeds.catalogue import CLASSES
-
-# The judge prompts (libra_ray.policy.judge_prompts.JUDGE_PROMPTS holds their text): the one declaration of their ids.
-JudgePromptId = Literal["synthesis_route_v1", "refusal_3class_v1", "refusal_3class_v2", "harmful_v1", "utility_ref_v1"]
-# The judges whose label says refused-or-not (utility_ref scores quality instead).
-RefusalJudgeId = Literal["refusal_3class_v1", "refusal_3class_v2", "synthesis_route_v1", "harmful_v1"]
-JUDGE_PROMPT_IDS: tuple[str, ...] = get_args(JudgePromptId)
-REFUSAL_JUDGE_IDS: tuple[str, ...] = get_args(RefusalJudgeId)
-
-# Engine settings our code sets from other keys; engine_kwargs may not override them.
-RESERVED_ENGINE_KWARGS = ("model",)
-
-
-def check_engine_kwargs(kwargs: dict[str, Any], engine: str) -> dict[str, Any]:
-    """engine_kwargs go to vLLM only, and never name the model (that is `path`)."""
-    if kwargs and engine not in ("vllm", "ray_data_llm"):
-        raise ValueError(f"engine_kwargs are passed to vLLM; engine {engine!r} takes none")
-    reserved = [k for k in kwargs if k in RESERVED_ENGINE_KWARGS]
-    if reserved:
-        raise ValueError(f"engine_kwargs must not set {', '.join(reserved)} (set path instead)")
-    return kwargs
 
 
 class BenchModelConfig(StrictModel):
@@ -167,3 +149,7 @@ class BenchConfig(StrictModel):
             raise ValueError(f"num_gpus={self.num_gpus:g} per replica is fewer than tensor_parallel_size="
                              f"{self.tensor_parallel_size}: give each replica one GPU per tensor-parallel worker")
         return self
+
+
+__all__ = ["BenchConfig", "BenchModelConfig", "JUDGE_PROMPT_IDS", "REFUSAL_JUDGE_IDS", "JudgePromptId",
+           "RefusalJudgeId", "check_engine_kwargs"]

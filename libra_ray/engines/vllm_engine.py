@@ -12,12 +12,26 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from libra_ray.engines.base import Engine, prepare_tokenizer
 from libra_ray.engines.env import apply_vllm_env
 from libra_ray.engines.params import GenParams, engine_error, result
 
 log = logging.getLogger(__name__)
+
+# Engine settings our code sets from other keys; engine_kwargs may not override them.
+RESERVED_ENGINE_KWARGS = ("model",)
+
+
+def check_engine_kwargs(kwargs: dict[str, Any], engine: str) -> dict[str, Any]:
+    """engine_kwargs go to vLLM only, and never name the model (that is `path`)."""
+    if kwargs and engine not in ("vllm", "ray_data_llm"):
+        raise ValueError(f"engine_kwargs are passed to vLLM; engine {engine!r} takes none")
+    reserved = [k for k in kwargs if k in RESERVED_ENGINE_KWARGS]
+    if reserved:
+        raise ValueError(f"engine_kwargs must not set {', '.join(reserved)} (set path instead)")
+    return kwargs
 
 
 def vllm_engine_args(model_path: str, *, engine_kwargs: dict | None = None, **ours) -> dict:

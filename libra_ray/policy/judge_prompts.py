@@ -14,8 +14,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from libra_ray.policy.rules import split_reasoning
+
+# The one declaration of the judge prompts' ids (JUDGE_PROMPTS below holds their text).
+JudgePromptId = Literal["synthesis_route_v1", "refusal_3class_v1", "refusal_3class_v2", "harmful_v1", "utility_ref_v1"]
+# The judges whose label says refused-or-not (utility_ref scores quality instead).
+RefusalJudgeId = Literal["refusal_3class_v1", "refusal_3class_v2", "synthesis_route_v1", "harmful_v1"]
+JUDGE_PROMPT_IDS: tuple[str, ...] = get_args(JudgePromptId)
+REFUSAL_JUDGE_IDS: tuple[str, ...] = get_args(RefusalJudgeId)
 
 _WORD = re.compile(r"[a-z_]+|[0-9]+")
 _ANSWER_LINE = re.compile(r"(?:answer|label|verdict|score)\s*[:=]\s*\**\s*([a-z_]+|[0-9]+)", re.IGNORECASE)

@@ -7,7 +7,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from libra_ray._config_base import StrictModel
-from libra_ray.bench.config import RefusalJudgeId, check_engine_kwargs
+from libra_ray.engines.vllm_engine import check_engine_kwargs
+from libra_ray.policy.judge_prompts import RefusalJudgeId
 from libra_ray.policy.rules import RuleName
 
 
