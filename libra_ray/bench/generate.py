@@ -195,8 +195,7 @@ def generate(cfg: "PipelineConfig", model: "BenchModelConfig", prompts: pa.Table
     prompts = load_benchmark_prompts(cfg) if prompts is None else prompts
     out_dir = generations_dir(cfg, model.name)
     fp, keys = generation_keys(cfg, model, prompts)
-    stored = store.stored_keys(out_dir)  # answered rows, and rows that would fail again the same way
-    failed = store.stored_keys(out_dir, only_failed=True)
+    stored, failed = store.stored_keys(out_dir)  # reusable rows; rows that failed and may pass now
     todo_ids = [rid for rid, key in keys.items() if key not in stored.get(rid, ())]
     retried = sum(1 for rid in todo_ids if keys[rid] in failed.get(rid, ()))
     stale = sum(1 for rid in todo_ids if (rid in stored or rid in failed) and keys[rid] not in failed.get(rid, ()))

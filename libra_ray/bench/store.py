@@ -133,22 +133,22 @@ def read_shards(folder: str, columns: list[str] | None = None) -> pa.Table | Non
     return pa.concat_tables(tables, promote_options="default")
 
 
-def stored_keys(folder: str, key_column: str = "gen_key", only_failed: bool = False) -> dict[str, set]:
-    """id -> the keys its stored rows carry (None for rows written before keys existed), rows that failed
-    for a reason that may pass (`error` set, `error_permanent` not true) left out: they are to be tried
-    again, not reused. `only_failed`: those rows only."""
+def stored_keys(folder: str, key_column: str = "gen_key") -> tuple[dict[str, set], dict[str, set]]:
+    """(done, retryable): id -> the keys its stored rows carry (None for rows written before keys existed),
+    split by outcome in one read. `retryable` holds rows that failed for a reason that may pass (`error`
+    set, `error_permanent` not true): they are to be tried again, not reused; `done` holds the rest."""
     table = read_shards(folder, ["id", key_column, "error", "error_permanent"])
+    done: dict[str, set] = {}
+    retryable: dict[str, set] = {}
     if table is None:
-        return {}
+        return done, retryable
     n = table.num_rows
     keys = table[key_column].to_pylist() if key_column in table.column_names else [None] * n
     errors = table["error"].to_pylist() if "error" in table.column_names else [None] * n
     permanent = table["error_permanent"].to_pylist() if "error_permanent" in table.column_names else [None] * n
-    out: dict[str, set] = {}
     for rid, key, error, final in zip(table["id"].to_pylist(), keys, errors, permanent):
-        if (error is not None and not final) == only_failed:
-            out.setdefault(rid, set()).add(key)
-    return out
+        (retryable if error is not None and not final else done).setdefault(rid, set()).add(key)
+    return done, retryable
 
 
 def write_shard(folder: str, table: pa.Table) -> str:
