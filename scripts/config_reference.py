@@ -1,9 +1,9 @@
-"""Regenerate the README's config reference from the config models (`libra-ray config --defaults`).
+"""Regenerate the config reference in jobs/README.md from the config models (`libra-ray config --defaults`).
 
-    .venv/bin/python scripts/config_reference.py          # rewrite README.md in place
-    .venv/bin/python scripts/config_reference.py --check  # exit 1 if README.md is out of date
+    .venv/bin/python scripts/config_reference.py          # rewrite jobs/README.md in place
+    .venv/bin/python scripts/config_reference.py --check  # exit 1 if jobs/README.md is out of date
 
-tests/test_config_docs.py fails when the README and the models disagree, so the reference cannot drift.
+tests/test_config_docs.py fails when jobs/README.md and the models disagree, so the reference cannot drift.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+README = ROOT / "jobs" / "README.md"
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
 

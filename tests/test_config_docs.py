@@ -1,5 +1,5 @@
 """The config documents itself: a description on every field, `libra-ray config --defaults` prints them
-and loads back, the README's reference is generated from the models, every key the docs name exists,
+and loads back, the reference in jobs/README.md is generated from the models, every key the docs name exists,
 and a renamed key is an error that names the new one."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from libra_ray._config_base import StrictModel
 from libra_ray.config import ConfigError, PipelineConfig, documented_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted(ROOT.glob("*/README.md")), ROOT / "libra_ray" / "bench" / "README.md"]
+DOCS = [ROOT / "README.md", *sorted(ROOT.glob("*/README.md")), *sorted(ROOT.glob("libra_ray/*/README.md"))]
 
 
 def _models_in(annotation) -> list[type[BaseModel]]:
@@ -74,7 +74,7 @@ def test_readme_config_reference_is_generated_from_the_models():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "config_reference.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "jobs" / "README.md").read_text()
     block = readme.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
     assert documented_config(PipelineConfig()) in block
     for section in PipelineConfig.model_fields:  # every top-level section is in the reference
