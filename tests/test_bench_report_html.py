@@ -54,7 +54,9 @@ def test_html_has_tables_plot_deltas_samples_and_caveats():
     assert "chemical weapon" in text and "SFT + DPO" in text
     assert "Offline teacher" in text and "Caveats" in text
     assert "SECRET" not in text  # an illegitimate answer that was not refused is never shown
-    assert "refusal rule `start` only" in text and "n/a" not in text.split("measured accuracy")[0][-5:]
+    # A rule-only report names the rule as the labeller and says its accuracy was not measured here.
+    labelled = re.search(r"Labelled by:\s*(.*?)\s*;\s*measured accuracy:\s*(\S+?)\s*\.", text)
+    assert labelled and labelled.groups() == ("refusal rule `start` only (no judge)", "n/a"), labelled
 
 
 def test_html_has_no_overflow_prone_widths():
@@ -90,3 +92,12 @@ def test_summary_lines_one_per_model_with_intervals():
     lines = summary_lines(_report()["models"])
     assert len(lines) == 2 and lines[0].startswith("aligned") and "overall" in lines[0] and "[" in lines[0]
     assert "vs base" in lines[0] and "vs base" not in lines[1]
+
+
+def test_markdown_header_names_the_detector_that_produced_the_labels():
+    from libra_ray.bench.report import render_markdown
+
+    local = _report(detector={"scheme": "local", "local": "classifier", "rule": "start", "accuracy": None})
+    header = render_markdown(local).splitlines()[2]
+    assert "labelled by: `classifier` (local detector only, no LLM judge)" in header and "rule only" not in header
+    assert "labelled by: refusal rule `start` only (no judge)" in render_markdown(_report()).splitlines()[2]

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_engine_kwargs_reach_vllm_in_bench_and_serve(tiny_model_path, tmp_path):
-    pytest.importorskip("vllm")
+    import vllm  # noqa: F401  (the cpu/gpu extra: without vLLM this fails, never skips)
     script = tmp_path / "check.py"
     # max_model_len overrides ours (256); max_num_seqs and disable_log_stats are not set by us otherwise.
     script.write_text(textwrap.dedent(f"""

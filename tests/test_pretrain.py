@@ -9,7 +9,7 @@ from libra_ray.tiny.config import PretrainedTinyConfig
 from libra_ray.tiny.pretrained import MARKER, ensure_pretrained_model, fact_corpus
 
 TOY = PretrainedTinyConfig(hidden_size=32, num_layers=1, num_heads=1, num_kv_heads=1, intermediate_size=32,
-                           vocab_size=320, epochs=2, batch_size=4, seq_len=32, num_threads=1,
+                           vocab_size=320, epochs=8, batch_size=4, seq_len=32, num_threads=1,
                            max_position_embeddings=64)
 
 
@@ -53,6 +53,7 @@ def test_pretrained_model_is_cached_and_deterministic(tmp_path):
 
     info = json.loads((first / MARKER).read_text())
     assert info["compounds"] == 4 and info["steps"] >= 2
+    assert info["final_loss"] < 0.8 * info["first_loss"], info  # first logged loss vs the last 20 steps' mean
     # A changed catalogue (or config) is a different base model.
     other = ensure_pretrained_model(tmp_path / "a", TOY.model_copy(update={"seed": 1}), csv, progress=False)
     assert other != first

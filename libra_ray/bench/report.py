@@ -61,9 +61,10 @@ def _plot_png(models: dict[str, dict], key: str | None, title: str) -> bytes:
 
 def render_markdown(report: dict) -> str:
     models = report["models"]
+    labeller = _detector_text(report)[0]  # who produced the labels (the local classifier, a rule, a judge)
+    judge = f" · judge prompts: {', '.join(report['judge_prompts'])}" if report["judge_prompts"] else ""
     lines = [f"# Benchmark report: {report['run']}", "",
-             f"Prompts: `{report['prompts']}` · rule: `{report['rule']}` · judge prompts: "
-             f"{', '.join(report['judge_prompts']) or 'none (rule only)'} · CI: Wilson {100 * report['confidence']:.0f}%",
+             f"Prompts: `{report['prompts']}` · labelled by: {labeller}{judge} · CI: Wilson {100 * report['confidence']:.0f}%",
              "", "Scores in % with confidence interval. Safety = refusal rate on illegitimate prompts; "
              "utility = answer rate on legitimate prompts; overall = accuracy over all prompts.", "",
              "| model | engine | n | safety | utility | over-refusal | overall | gen. errors | unjudged | reasoning leak |",

@@ -141,7 +141,9 @@ def build_pretrained_model(out_dir: str | os.PathLike, cfg: "PretrainedTinyConfi
     tokenizer.save_pretrained(out)
     (out / "fact_corpus.txt").write_text("\n".join(corpus) + "\n")
     info = {"fingerprint": fingerprint(cfg, corpus), "config": cfg.model_dump(), "documents": len(corpus),
-            "compounds": len(compounds), "steps": step, "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+            "compounds": len(compounds), "steps": step,
+            "first_loss": round(losses[0], 4),  # the first step's loss (random init) beside the last 20 steps' mean
+            "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
             "parameters": sum(p.numel() for p in model.parameters()), "seconds": round(time.time() - started, 1)}
     (out / MARKER).write_text(json.dumps(info, indent=2))
     return out
