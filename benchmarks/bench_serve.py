@@ -251,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                    "vllm-api-server", "scale-out",
                                                                    "serve-vllm-asyncllm", "ray-serve-llm"])
     parser.add_argument("--out", default=None, help="result JSON (default: results/serve.json)")
-    add_smoke_arg(parser)  # smoke: 4 requests at concurrency 1, vLLM's server vs Serve + transformers only
+    add_smoke_arg(parser)  # smoke: 4 requests at concurrency 1: vLLM's server, Serve + transformers, Ray Serve LLM
     args = parser.parse_args(argv)
     if args.smoke:
-        args.skip = sorted(set(args.skip) | {"serve-vllm", "scale-out", "serve-vllm-asyncllm", "ray-serve-llm"})
+        args.skip = sorted(set(args.skip) | {"serve-vllm", "scale-out", "serve-vllm-asyncllm"})
     RESULTS = result_path(args.out, "serve", args.smoke)
     stamp = print_stamp("serve")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

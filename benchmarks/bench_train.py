@@ -4,7 +4,7 @@ vs plain TRL in a single process on the same data, same per-device batch and sam
     python -m benchmarks.bench_train --quick                        # tiny model on CPU, < ~4 min
     python -m benchmarks.bench_train --model Qwen/Qwen2.5-1.5B-Instruct --use-gpu --workers 1 \
         --precision bf16 --max-length 512 --steps 20                # same script on a GPU node
-    python -m benchmarks.bench_train --smoke                        # 2 steps, no DeepSpeed: does it still run?
+    python -m benchmarks.bench_train --smoke                        # 2 steps, ZeRO-2: does it still run?
 
 Reports per mode: s/step (whole train loop incl. the end-of-run save, first step warm-up included),
 samples/s and tokens/s in total and per worker (tokens = non-padding tokens counted by TRL), peak RSS
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     add_smoke_arg(parser)
     parser.add_argument("--baseline-child", help=argparse.SUPPRESS)  # internal: run the baseline, write JSON here
     args = parser.parse_args(argv)
-    if args.smoke:  # the plain-TRL baseline and one Ray Train mode, 2 steps on 16 short rows
-        args.modes, args.steps, args.rows, args.max_length = args.modes or ["none"], args.steps or 2, 16, 64
+    if args.smoke:  # the plain-TRL baseline and one Ray Train mode under DeepSpeed, 2 steps on 16 short rows
+        args.modes, args.steps, args.rows, args.max_length = args.modes or ["zero2"], args.steps or 2, 16, 64
     args.modes = args.modes or MODES
     args.steps = args.steps or (6 if args.quick else 20)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(args.cache_dir).absolute() / "torch_extensions"))

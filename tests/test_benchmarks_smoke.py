@@ -1,6 +1,8 @@
 """Every benchmark script still runs: `run_all --smoke` runs bench_synth, bench_generate, bench_train and
 bench_serve at tiny sizes (once, for the module), and each must exit 0, print its machine/date/load stamp
 and its ratio table, and write its result file into the test's folder, never into benchmarks/results.
+Smoke mode runs one vLLM path (bench_generate's vLLM direct, the reference row), one ZeRO mode (bench_train's
+ZeRO-2 on Ray Train) and the Ray Serve LLM path (bench_serve), so a broken row fails here.
 Smoke numbers mean nothing; what is checked is that the performance claims cannot silently rot."""
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ BENCHMARKS = ["synth", "generate", "train", "serve"]
 # A ratio-table row per benchmark: its reference row (ratio 1.00) and at least one compared row.
 RATIO_ROWS = {
     "synth": [r"^\| 8 \| 40 \| [\d.]+ \(\d\.\d\d\) \|"],  # in flight | ideal req/s | ChatClient req/s (ratio)
-    "generate": [r"^\| transformers_direct \|.*\| 1\.00x \|", r"^\| transformers_ray_data_e2e \|.*\| \d+\.\d\dx \|"],
-    "train": [r"^\| plain TRL \(1 process\) \|.*\| 1\.00x \| 1\.00x \|$", r"^\| ray train, none \|.*\| \d+\.\d\dx \|$"],
-    "serve": [r"^\| vllm-api-server \| 1 \|.*\| 1\.00x \|$", r"^\| serve-transformers \| 1 \|.*\| \d+\.\d\dx \|$"],
+    "generate": [r"^\| vllm_direct \|.*\| 1\.00x \|", r"^\| transformers_direct \|.*\| \d+\.\d\dx \|",
+                 r"^\| transformers_ray_data_e2e \|.*\| \d+\.\d\dx \|"],
+    "train": [r"^\| plain TRL \(1 process\) \|.*\| 1\.00x \| 1\.00x \|$", r"^\| ray train, zero2 \|.*\| \d+\.\d\dx \|$"],
+    "serve": [r"^\| vllm-api-server \| 1 \|.*\| 1\.00x \|$", r"^\| serve-transformers \| 1 \|.*\| \d+\.\d\dx \|$",
+              r"^\| ray-serve-llm \| 1 \|.*\| \d+\.\d\dx \|$"],
 }
 STAMP = re.compile(r"^\[bench_(\w+)\] (start|end): machine: .+ CPUs.+; date: \d{4}-\d\d-\d\d \d\d:\d\d UTC; "
                    r"load average: [\d.]+, [\d.]+, [\d.]+$", re.M)
