@@ -5,6 +5,7 @@ tiny model; the vLLM counterparts are in tests/test_engines_e2e.py (marked e2e).
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pyarrow as pa
 import pytest
@@ -172,3 +173,42 @@ def test_batch_failure_is_retried_per_request(engine, monkeypatch):
     greedy = GenParams(max_tokens=6, temperature=0)
     out = engine.generate_batch(ids[:3], [greedy, GenParams(temperature=1.0, seed=13), greedy])
     assert out[1]["error"]["code"] == "engine_failed" and "error" not in out[0] and "error" not in out[2]
+
+
+def _engine_with_child(handler: str):
+    """A VLLMEngine shell whose 'engine core' is a child process with the given SIGTERM handler."""
+    import subprocess
+    import sys
+
+    from libra_ray.engines.vllm_engine import VLLMEngine, _child_pids
+
+    engine = object.__new__(VLLMEngine)
+    engine._children_before = _child_pids()
+    proc = subprocess.Popen([sys.executable, "-c", f"import signal, sys, time\n{handler}\ntime.sleep(60)"])
+    time.sleep(0.5)  # the handler is installed
+
+    class Core:  # like vLLM's engine-core client: asks the process to stop and returns at once
+        def shutdown(self):
+            proc.terminate()
+
+    engine.llm = type("LLM", (), {"llm_engine": type("E", (), {"engine_core": Core()})()})()
+    return engine, proc
+
+
+def test_vllm_shutdown_returns_only_after_the_engine_processes_exited():
+    """vLLM's processes clean up while the caller (a Ray actor) is alive: see VLLMEngine.shutdown."""
+    import psutil
+
+    engine, proc = _engine_with_child("signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.5), sys.exit(0)))")
+    engine.shutdown(timeout=20)
+    assert not psutil.pid_exists(proc.pid) and engine.llm is None
+    engine.shutdown()  # a second call is a no-op
+
+
+def test_vllm_shutdown_kills_an_engine_process_that_does_not_exit():
+    import psutil
+
+    engine, proc = _engine_with_child("signal.signal(signal.SIGTERM, signal.SIG_IGN)")
+    started = time.monotonic()
+    engine.shutdown(timeout=1)
+    assert not psutil.pid_exists(proc.pid) and time.monotonic() - started < 10

@@ -136,6 +136,13 @@ class VLLMEngine(_SharedEngine):
         super().__init__(engine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                          system_prompt=system_prompt)
 
+    def __del__(self):
+        # Ray Data calls this when it shuts the actor pool down, before the actor process exits: vLLM's
+        # processes stop and clean up now, not after Ray has stopped the actor (see Shared.shutdown).
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
 
 class TransformersEngine(_SharedEngine):
     """The fallback: `transformers.generate` in this actor (left padding, batched)."""

@@ -66,6 +66,7 @@ class VLLMEngine(Engine):
                                 gpu_memory_utilization=gpu_memory_utilization,
                                 tensor_parallel_size=tensor_parallel_size, seed=seed, engine_kwargs=engine_kwargs)
         self.max_model_len = args["max_model_len"]  # the user's engine_kwargs may have raised it
+        self._children_before = _child_pids()  # what vLLM starts (engine core, workers) is the rest
         if mode == "batch":
             from vllm import LLM
 
@@ -120,8 +121,40 @@ class VLLMEngine(Engine):
             return err.to_dict() if hasattr(err, "to_dict") else engine_error(err)
         return res  # type: ignore[return-value]
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop vLLM's engine processes and wait until every one has exited, while this process is alive.
+
+        vLLM's engine core and its worker are spawned children that share this process's multiprocessing
+        resource tracker. Left to the interpreter's exit (a Ray actor that ends), the worker outlives its
+        parents, Ray stops the actor's children (the tracker among them), and the worker's clean-up then
+        starts a fresh tracker that never saw its shared memory: `KeyError: '/psm_...'` tracebacks in a
+        run that succeeded. Shut down here, the worker unregisters with the tracker that registered it."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        import psutil
+
+        from multiprocessing import resource_tracker
+
+        tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
+        ours = set(getattr(self, "_children_before", set())) | {tracker}
+        started = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours]
+        # AsyncLLM has shutdown(); the offline LLM stops through its engine-core client.
+        stop = getattr(llm, "shutdown", None) or getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None),
+                                                           "shutdown", None)
         try:
-            self.llm.shutdown() if hasattr(self.llm, "shutdown") else None
+            if stop is not None:
+                stop()
         except Exception:  # best effort on teardown
             log.debug("vLLM shutdown failed", exc_info=True)
+        _, alive = psutil.wait_procs(started, timeout=timeout)
+        for proc in alive:
+            log.warning("vLLM process %s did not exit in %.0f s; killing it", proc.pid, timeout)
+            proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
