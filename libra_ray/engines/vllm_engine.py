@@ -9,10 +9,15 @@ Prompts go in as token ids made with the shared chat-template/tokenisation code.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import uuid
+import weakref
 from collections.abc import AsyncIterator
+from multiprocessing import resource_tracker
 from typing import Any
+
+import psutil
 
 from libra_ray.engines.base import Engine, prepare_tokenizer
 from libra_ray.engines.env import apply_vllm_env
@@ -76,6 +81,9 @@ class VLLMEngine(Engine):
             from vllm.v1.engine.async_llm import AsyncLLM
 
             self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**{"disable_log_stats": True, **args}))
+        # Stopped before this process exits: atexit runs the last-registered first, so this comes before
+        # vLLM's own exit-time finalizers, while this process and its resource tracker are alive.
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
         from transformers import AutoTokenizer
 
         self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model_path))
@@ -128,14 +136,11 @@ class VLLMEngine(Engine):
         resource tracker. Left to the interpreter's exit (a Ray actor that ends), the worker outlives its
         parents, Ray stops the actor's children (the tracker among them), and the worker's clean-up then
         starts a fresh tracker that never saw its shared memory: `KeyError: '/psm_...'` tracebacks in a
-        run that succeeded. Shut down here, the worker unregisters with the tracker that registered it."""
+        run that succeeded. Shut down here (at the latest from the atexit hook registered in __init__), the
+        worker unregisters with the tracker that registered it."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
-        import psutil
-
-        from multiprocessing import resource_tracker
-
         tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
         ours = set(getattr(self, "_children_before", set())) | {tracker}
         started = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours]
@@ -154,7 +159,11 @@ class VLLMEngine(Engine):
         psutil.wait_procs(alive, timeout=5)
 
 
-def _child_pids() -> set[int]:
-    import psutil
+def _shutdown_at_exit(ref: "weakref.ref[VLLMEngine]") -> None:
+    engine = ref()
+    if engine is not None:
+        engine.shutdown()
 
+
+def _child_pids() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
