@@ -8,8 +8,15 @@ SFT then DPO run on Ray Train on the train compounds only, the aligned model is 
 the base with transformers on the held-out compounds, every answer labelled by the shipped classifier.
 
 One module-scoped fixture runs the pipeline once; each test asserts one part of the claim on its outputs
-(`run.report` is bench/report.json, `run.card` the dataset card), so new sections of the report can add
-their own assertions here without another run.
+(`run.report` is bench/report.json, `run.card` the dataset card, `run.output` what the run printed), so new
+sections of the report can add their own assertions here without another run.
+
+Measured 2026-12-04 on the 2-core CPU VM with other jobs keeping the load average at 3-4: 442 s in all,
+230 s of it pretraining (320 steps; 0.3 s a step on an idle machine, so about 95 s there); aligned overall
+80.0 [75.6, 83.8] vs base 50.0 [44.9, 55.1] on 360 held-out prompts. With 10 pretraining epochs and 2
+paraphrases per part it was 57.8 [50.5, 64.8] vs 50.0 [42.8, 57.2]: the effect needs a base that has read
+its facts (final loss 0.36 vs 1.10). With the base model benchmarked as the "aligned" one, the intervals
+coincide and the headline test fails.
 """
 
 from __future__ import annotations
@@ -65,7 +72,7 @@ def run(tmp_path_factory) -> SimpleNamespace:
     for item in overrides:
         argv += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1100)  # under the e2e limit (1200 s), with room for the asserts
     (base / "output.txt").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
     out = base / "runs" / "claim"
