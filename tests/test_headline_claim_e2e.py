@@ -113,3 +113,8 @@ def test_no_seed_errors_no_generation_errors_no_unjudged_rows(run):
 
 def test_a_successful_run_prints_no_traceback(run):
     assert "Traceback" not in run.output, run.output[run.output.find("Traceback") - 2000:][:6000]
+
+
+def test_the_report_names_the_detector_that_produced_the_labels(run):
+    header = (run.dir / "bench" / "report.md").read_text().splitlines()[2]
+    assert "labelled by: `default` (local detector only, no LLM judge)" in header, header
