@@ -17,9 +17,10 @@ def make_engine(spec):
     """The engine for one `ServedModelConfig` (vLLM in its async mode)."""
     if spec.engine == "vllm":
         return VLLMEngine(spec.path, max_model_len=spec.max_model_len, mode="async", kv_cache_gib=spec.kv_cache_gib,
-                          enforce_eager=spec.enforce_eager, dtype=spec.dtype,
+                          enforce_eager=spec.enforce_eager, dtype=spec.resolved_dtype,
                           engine_kwargs=spec.engine_kwargs)
-    return TransformersEngine(spec.path, max_model_len=spec.max_model_len, num_threads=max(1, int(spec.num_cpus)))  # as bench
+    return TransformersEngine(spec.path, max_model_len=spec.max_model_len, num_threads=max(1, int(spec.num_cpus)),
+                              dtype=spec.resolved_dtype)  # as bench
 
 
 def params_from_request(req: dict, limit: int) -> GenParams:

@@ -37,7 +37,7 @@ def engine_kwargs(spec: ServedModelConfig) -> dict:
     """vLLM engine arguments of one served model: the same settings and `engine_kwargs` merge as our own
     vLLM engine (`vllm_engine_args`); the model itself goes in `model_loading_config`."""
     args = vllm_engine_args(spec.path, engine_kwargs=spec.engine_kwargs, max_model_len=spec.max_model_len,
-                            enforce_eager=spec.enforce_eager, dtype=spec.dtype, gpu_memory_utilization=0.5,
+                            enforce_eager=spec.enforce_eager, dtype=spec.resolved_dtype, gpu_memory_utilization=0.5,
                             disable_log_stats=True)
     args.pop("model")
     return args
