@@ -15,10 +15,6 @@ import json
 import os
 from typing import Any, Literal
 
-from pyarrow import fs as pafs
-
-from libra_ray.storage import exists, filesystem
-
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
@@ -47,6 +43,10 @@ def stable_hash(obj: Any, n: int = 16) -> str:
 
 def weights_fingerprint(path: str) -> dict:
     """Identity of the weights at `path`: folder/URI content fingerprint, or hub id + cached revision."""
+    from pyarrow import fs as pafs
+
+    from libra_ray.storage import exists, filesystem
+
     if not exists(path):
         return {"hub_id": path, "revision": _hub_revision(path)}
     fs, inner = filesystem(path)

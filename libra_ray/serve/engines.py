@@ -23,6 +23,16 @@ def make_engine(spec):
                               dtype=spec.resolved_dtype)  # as bench
 
 
+def served_identity(spec) -> dict:
+    """What a served model is (path resolved): its weights' fingerprint (the benchmark's, `weights_fingerprint`),
+    the dtype its engine loads and the engine; logged at start and returned by `GET /v1/models[/{id}]`."""
+    from libra_ray.engines.identity import weights_fingerprint
+
+    engine = spec.engine if spec.engine != "vllm" else f"vllm ({spec.vllm_server})"
+    return {"path": spec.path, "weights": weights_fingerprint(spec.path), "dtype": spec.resolved_dtype,
+            "engine": engine}
+
+
 def params_from_request(req: dict, limit: int) -> GenParams:
     """GenParams from an OpenAI request body, with the served model's max_tokens limit enforced."""
     max_tokens = req.get("max_completion_tokens") or req.get("max_tokens") or min(256, limit)
@@ -38,4 +48,4 @@ def params_from_request(req: dict, limit: int) -> GenParams:
 
 
 __all__ = ["GenParams", "RequestError", "TransformersEngine", "VLLMEngine", "make_engine", "params_from_request",
-           "truncate_at_stop"]
+           "served_identity", "truncate_at_stop"]

@@ -145,6 +145,9 @@ class RayLLMModelServer(LLMServer):
         self.spec = ServedModelConfig.model_validate(spec)
         self.prompts = _Prompts(self.spec.path, self.spec.max_model_len)
         await super().__init__(llm_config, **kwargs)
+        from libra_ray.serve.engines import served_identity
+
+        log.info("model %s ready; serving %s", self.spec.name, json.dumps(served_identity(self.spec)))
 
     def _prepare(self, req: dict, stream: bool):
         """Everything that can reject one request, then the `CompletionRequest` for it."""
