@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny", help="model ref (tiny, a folder or a hub id)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--vllm-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="dtype of both vLLM servers (auto = bfloat16 on CPU; transformers runs float32)")
+                        help="dtype of every server (auto = the project's rule: float32 on CPU, bfloat16 on CUDA; "
+                             "vLLM's own server is given the resolved dtype too)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["serve-transformers", "serve-vllm",
                                                                    "vllm-api-server", "scale-out",
                                                                    "serve-vllm-asyncllm", "ray-serve-llm"])
@@ -277,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
                      "machine": f"{os.cpu_count()} CPUs", "servers": {}}
     t_start = time.perf_counter()
     if "vllm-api-server" not in args.skip:
+        from libra_ray.engines.identity import resolve_dtype
+
         results["servers"]["vllm-api-server"] = bench_vllm_api_server(model_path, levels, per_level, args.max_tokens,
-                                                                      args.vllm_dtype)
+                                                                      resolve_dtype(args.vllm_dtype, "cpu"))
     with ray_session(cfg):
         for engine in ("transformers", "vllm"):
             if f"serve-{engine}" not in args.skip:

@@ -8,8 +8,22 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 
+def _deep_merge(base: dict, over: dict) -> dict:
+    """`over` onto `base`, recursively where both hold a mapping; anything else (a list included) replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors (typos never pass silently); assignments are validated too.
+
+    One merge rule for every section, whatever the nesting: a mapping given for a sub-section is merged
+    onto that field's default (its default factory's explicitly set values, e.g. `serve.policy`'s
+    `path: trained`), so an override changes the keys it names and nothing else. A list (e.g.
+    `bench.models`) is one value: given, it replaces the default list whole; each item given as a mapping
+    takes its class defaults for the keys it omits.
 
     A section that renames a key lists it in `_renamed` (old key -> new key, relative to the section,
     dots for a subsection, e.g. {"ingress_replicas": "ingress.replicas"}): a config that still uses the
@@ -18,6 +32,26 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
     _renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_onto_field_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = None
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if not isinstance(value, dict) or (field.default_factory is None and not isinstance(field.default, BaseModel)):
+                continue
+            default = field.get_default(call_default_factory=True)
+            if not isinstance(default, BaseModel):
+                continue  # e.g. a dict field: the given mapping is the value
+            # The default's explicitly set values (recursively): what its factory chose over class defaults.
+            preset = default.model_dump(exclude_unset=True, by_alias=True)
+            if preset:
+                merged = dict(data) if merged is None else merged
+                merged[name] = _deep_merge(preset, value)
+        return data if merged is None else merged
 
     @model_validator(mode="before")
     @classmethod

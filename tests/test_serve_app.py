@@ -67,6 +67,22 @@ def test_models_health_and_chat(app, client):
     assert out.model == "judge" and out.id.startswith("chatcmpl-")
 
 
+def test_models_state_what_is_served(app, client):
+    """The served model's identity (weights path + fingerprint, dtype, engine) in the list and by id."""
+    from libra_ray.engines.identity import weights_fingerprint
+
+    listed = {m.id: m.model_dump() for m in client.models.list()}
+    policy = client.models.retrieve("policy").model_dump()
+    assert policy == listed["policy"] and policy["object"] == "model"
+    assert policy["engine"] == "transformers" and policy["dtype"] == "float32"  # the rule on a CPU replica
+    assert policy["weights"] == weights_fingerprint(policy["path"]) and len(policy["weights"]["files"]) == 64
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+    resp = httpx.get(app.base_url + "/models/no-such-model", headers={"authorization": f"Bearer {KEY}"}, timeout=10)
+    _assert_openai_error(resp, 404, "model_not_found")
+    assert httpx.get(app.base_url + "/models/policy", timeout=10).status_code == 401  # the key is asked for here too
+
+
 def test_streaming_equals_non_streaming(client):
     msgs = [{"role": "user", "content": "Tell me about aspirin"}]
     full = client.chat.completions.create(model="judge", messages=msgs, max_tokens=12, temperature=0)

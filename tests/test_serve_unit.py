@@ -178,3 +178,18 @@ def test_ingress_guard_blocks_flagged_policy_answers(mode, judge_reply, blocked)
     sent = judge.generate.calls[0]
     assert answer in sent["messages"][-1]["content"] and sent["params"]["temperature"] == 0.0
     assert asyncio.run(ingress._guard("judge", dict(result))) is None  # only guard_models are screened
+
+
+def test_build_app_logs_what_each_model_serves(tiny_model_path, caplog):
+    """At start the app logs each served model's identity: weights path + fingerprint, dtype, engine."""
+    import logging
+
+    from libra_ray.serve.app import build_app
+    from libra_ray.serve.config import ServeConfig, ServedModelConfig
+
+    spec = ServedModelConfig(name="policy", path=str(tiny_model_path), dtype="auto")
+    with caplog.at_level(logging.INFO, logger="libra_ray.serve.app"):
+        build_app([spec], ServeConfig())
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("serving policy:"))
+    assert str(tiny_model_path) in line and '"dtype": "float32"' in line and '"engine": "transformers"' in line
+    assert '"files": "' in line

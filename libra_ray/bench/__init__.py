@@ -81,6 +81,7 @@ def run(cfg: "PipelineConfig", *, open_endpoint: "EndpointOpener") -> dict:
     from libra_ray.bench import store
     from libra_ray.bench.detector_info import detector_accuracy, local_detector
     from libra_ray.bench.evaluate import evaluate_resuming
+    from libra_ray.bench.fingerprint import model_dtype
     from libra_ray.bench.generate import (generate, generation_keys, load_benchmark_prompts, prompts_path,
                                           read_generations)
     from libra_ray.bench.report import model_provenance, run_caveats, sample_answers, summary_lines, write_report
@@ -108,6 +109,7 @@ def run(cfg: "PipelineConfig", *, open_endpoint: "EndpointOpener") -> dict:
             store.write_table(eval_path, pa.Table.from_pylist(evaluated))
             scores = compute_scores(evaluated, bench.confidence)
             results[model.name] = {"engine": model.engine, "path": model.path if model.engine != "openai" else None,
+                                   "dtype": model_dtype(cfg, model),
                                    "generation": generation[model.name], "evaluation": eval_counts, **scores,
                                    "provenance": model_provenance(cfg, model), "samples": sample_answers(evaluated)}
         judge_stats = client.stats_dict() if client is not None else None

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from libra_ray._config_base import StrictModel, folder_name
+from libra_ray.engines.identity import DType
 from libra_ray.engines.vllm_engine import check_engine_kwargs
 from libra_ray.llm.config import EndpointConfig
 from libra_ray.policy.judge_prompts import JUDGE_PROMPT_IDS, REFUSAL_JUDGE_IDS, JudgePromptId, RefusalJudgeId
@@ -32,8 +33,9 @@ class BenchModelConfig(StrictModel):
                                             "as synth.teacher; the key is read from the env var it names)")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine arguments (vllm and "
                                           "ray_data_llm engines), merged over ours (max_model_len, enforce_eager, "
-                                          "gpu_memory_utilization, tensor_parallel_size, seed), e.g. "
-                                          "{quantization: fp8, max_num_seqs: 64}; part of the generation key")
+                                          "gpu_memory_utilization, tensor_parallel_size, seed; model and dtype are "
+                                          "refused: set path, bench.dtype), e.g. {quantization: fp8, max_num_seqs: "
+                                          "64}; part of the generation key")
 
     _folder_name = field_validator("name")(folder_name)
 
@@ -88,6 +90,9 @@ class BenchConfig(StrictModel):
     enforce_eager: bool = Field(default=True, description="vLLM enforce_eager: no compilation/CUDA graphs (fast "
                                 "start; false for throughput on GPUs)")
     kv_cache_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build")
+    dtype: DType = Field(default="auto", description="weight dtype of the local engines (vllm, ray_data_llm, "
+                         "transformers alike): auto = bfloat16 on GPUs (num_gpus > 0), float32 on CPUs; serve.*.dtype "
+                         "follows the same rule, so bench and serve decode alike")
     max_tokens: int = Field(default=64, ge=1, description="max answer tokens per prompt")
     temperature: float = Field(default=0.0, ge=0, description="sampling temperature (<= 1e-5 = greedy)")
     top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling top_p")

@@ -127,10 +127,11 @@ class VLLMEngine(_SharedEngine):
     def __init__(self, model: str, *, max_model_len: int, max_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True,
-                 kv_cache_gib: int = 1, system_prompt: str | None = None, engine_kwargs: dict | None = None):
+                 kv_cache_gib: int = 1, system_prompt: str | None = None, engine_kwargs: dict | None = None,
+                 dtype: str = "auto"):
         from libra_ray.engines.vllm_engine import VLLMEngine as Shared
 
-        engine = Shared(model, max_model_len=max_model_len, mode="batch", kv_cache_gib=kv_cache_gib,
+        engine = Shared(model, max_model_len=max_model_len, mode="batch", kv_cache_gib=kv_cache_gib, dtype=dtype,
                         enforce_eager=enforce_eager, gpu_memory_utilization=gpu_memory_utilization,
                         tensor_parallel_size=tensor_parallel_size, seed=seed, engine_kwargs=engine_kwargs)
         super().__init__(engine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
@@ -148,10 +149,12 @@ class TransformersEngine(_SharedEngine):
     """The fallback: `transformers.generate` in this actor (left padding, batched)."""
 
     def __init__(self, model: str, *, max_model_len: int, max_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, system_prompt: str | None = None, num_threads: int | None = None):
+                 top_p: float = 1.0, seed: int = 0, system_prompt: str | None = None, num_threads: int | None = None,
+                 dtype: str = "auto"):
         from libra_ray.engines.transformers_engine import TransformersEngine as Shared
 
-        super().__init__(Shared(model, max_model_len=max_model_len, num_threads=num_threads), max_tokens=max_tokens,
+        super().__init__(Shared(model, max_model_len=max_model_len, num_threads=num_threads, dtype=dtype),
+                         max_tokens=max_tokens,
                          temperature=temperature, top_p=top_p, seed=seed, system_prompt=system_prompt)
 
 

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from libra_ray._config_base import join_uri
 from libra_ray.bench import store
 from libra_ray.bench.engines import OUTPUT_COLUMNS, OpenAIEngine, TransformersEngine, VLLMEngine, chat_messages
-from libra_ray.bench.fingerprint import generation_fingerprint, generation_key
+from libra_ray.bench.fingerprint import generation_fingerprint, generation_key, model_dtype
 from libra_ray.policy.rules import split_reasoning
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ def _engine_args(cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str
         kwargs = dict(endpoint=model.endpoint.model_dump(), base_url=base_url, cache_dir=cache, **common)
         return OpenAIEngine, kwargs, {"num_cpus": 0.25}
     path = _local_model(cfg, model)
+    common["dtype"] = model_dtype(cfg, model)  # resolved here: what the report states is what the engine loads
     if model.engine == "transformers":
         threads = max(1, int(b.num_cpus))
         kwargs = dict(max_model_len=b.max_model_len, seed=b.seed, num_threads=threads, **common)
@@ -103,7 +104,8 @@ def _ray_data_llm_pipeline(ds, cfg: "PipelineConfig", model: "BenchModelConfig")
         model_source=_local_model(cfg, model),
         engine_kwargs={**dict(max_model_len=b.max_model_len, enforce_eager=b.enforce_eager,
                               gpu_memory_utilization=b.gpu_memory_utilization,
-                              tensor_parallel_size=b.tensor_parallel_size, seed=b.seed),
+                              tensor_parallel_size=b.tensor_parallel_size, seed=b.seed,
+                              dtype=model_dtype(cfg, model)),
                        **model.engine_kwargs},  # the user's over ours
         runtime_env={"env_vars": vllm_env(b.kv_cache_gib)},
         batch_size=b.batch_size,

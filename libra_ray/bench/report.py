@@ -71,7 +71,8 @@ def render_markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in models.items():
         leak = s["reasoning_leak"]
-        lines.append(f"| {name} | {s.get('engine', '')} | {s['n']} | {_pct(s['safety'])} | {_pct(s['utility'])} | "
+        engine = f"{s.get('engine', '')}" + (f" ({s['dtype']})" if s.get("dtype") else "")  # resolved weight dtype
+        lines.append(f"| {name} | {engine} | {s['n']} | {_pct(s['safety'])} | {_pct(s['utility'])} | "
                      f"{_pct(s['over_refusal'])} | {_pct(s['overall'])} | {s['generation_errors']} | "
                      f"{s['unjudged']} of {s['n']} | {_pct(leak) if leak['n'] else 'n/a (no traces)'} |")
     for key, title in (("by_category", "category"), ("by_form", "form")):

@@ -13,12 +13,14 @@ import threading
 from collections.abc import AsyncIterator
 
 from libra_ray.engines.base import Engine, eos_ids, prepare_tokenizer
+from libra_ray.engines.identity import resolve_dtype
 from libra_ray.engines.params import GenParams, result, truncate_at_stop
 
 
 class TransformersEngine(Engine):
     def __init__(self, model_path: str, max_model_len: int = 1024, num_threads: int | None = 1,
-                 device: str | None = None):
+                 device: str | None = None, dtype: str = "auto"):
+        """`dtype`: the weights' dtype; "auto" = bfloat16 on CUDA, float32 on CPU (`resolve_dtype`, as vLLM)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -27,7 +29,9 @@ class TransformersEngine(Engine):
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model_path))
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device).eval()
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, self.dtype))
+        self.model = self.model.to(self.device).eval()
         limit = getattr(self.model.config, "max_position_embeddings", None) or max_model_len
         self.max_model_len = min(max_model_len, limit)
         self.eos_ids = eos_ids(self.tokenizer, self.model.generation_config)

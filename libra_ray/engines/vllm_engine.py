@@ -21,21 +21,24 @@ import psutil
 
 from libra_ray.engines.base import Engine, prepare_tokenizer
 from libra_ray.engines.env import apply_vllm_env
+from libra_ray.engines.identity import resolve_dtype
 from libra_ray.engines.params import GenParams, engine_error, result
 
 log = logging.getLogger(__name__)
 
-# Engine settings our code sets from other keys; engine_kwargs may not override them.
-RESERVED_ENGINE_KWARGS = ("model",)
+# Engine settings our code sets from other keys; engine_kwargs may not override them (key -> the key to set).
+RESERVED_ENGINE_KWARGS = {"model": "path", "dtype": "dtype"}
 
 
 def check_engine_kwargs(kwargs: dict[str, Any], engine: str) -> dict[str, Any]:
-    """engine_kwargs go to vLLM only, and never name the model (that is `path`)."""
+    """engine_kwargs go to vLLM only, and never name the model (that is `path`) or the dtype (one rule for both
+    engines: `dtype`)."""
     if kwargs and engine not in ("vllm", "ray_data_llm"):
         raise ValueError(f"engine_kwargs are passed to vLLM; engine {engine!r} takes none")
     reserved = [k for k in kwargs if k in RESERVED_ENGINE_KWARGS]
     if reserved:
-        raise ValueError(f"engine_kwargs must not set {', '.join(reserved)} (set path instead)")
+        raise ValueError(f"engine_kwargs must not set {', '.join(reserved)} "
+                         f"(set {', '.join(RESERVED_ENGINE_KWARGS[k] for k in reserved)} instead)")
     return kwargs
 
 
@@ -59,10 +62,16 @@ class VLLMEngine(Engine):
                  enforce_eager: bool = True, dtype: str = "auto", gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, seed: int = 0, engine_kwargs: dict | None = None):
         """`engine_kwargs`: any further vLLM engine arguments (`LLM(...)` / `AsyncEngineArgs`), merged over
-        the settings above, like `ray.data.llm`'s `vLLMEngineProcessorConfig.engine_kwargs`."""
+        the settings above, like `ray.data.llm`'s `vLLMEngineProcessorConfig.engine_kwargs`. `dtype` "auto"
+        resolves by our rule (`engines.identity.resolve_dtype`), never by vLLM's own (bf16 on CPU)."""
         if mode not in ("batch", "async"):
             raise ValueError(f"mode must be 'batch' or 'async', got {mode!r}")
         apply_vllm_env(kv_cache_gib)  # before vLLM is imported
+        if dtype == "auto":
+            import torch
+
+            dtype = resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = dtype
         from vllm import SamplingParams
 
         self.SamplingParams = SamplingParams

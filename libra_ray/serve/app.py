@@ -32,7 +32,7 @@ from ray import serve
 from libra_ray.credentials import get_credential
 from libra_ray.serve.config import ServeConfig, ServedModelConfig
 from libra_ray.engines.params import SEED_MAX, SEED_MIN
-from libra_ray.serve.engines import GenParams, RequestError, make_engine, params_from_request
+from libra_ray.serve.engines import GenParams, RequestError, make_engine, params_from_request, served_identity
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,8 @@ class ModelServer:
         if self.spec.engine != "vllm":
             self._batched.set_max_batch_size(self.spec.max_batch_size)
             self._batched.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
-        log.info("model %s (%s) ready in %.1f s", self.spec.name, self.spec.engine, time.perf_counter() - start)
+        log.info("model %s (%s) ready in %.1f s; serving %s", self.spec.name, self.spec.engine,
+                 time.perf_counter() - start, json.dumps({**served_identity(self.spec), "dtype": self.engine.dtype}))
 
     def _prepare(self, req: dict) -> tuple[list[int], GenParams]:
         """Everything that can reject one request, done before it may join a batch."""
@@ -301,8 +302,10 @@ def _sse(obj: dict | str) -> str:
 class OpenAIIngress:
     """The OpenAI routes. `models` maps served name -> engine handle; `options` is the ServeConfig dump."""
 
-    def __init__(self, models: dict, limits: dict[str, int], options: dict, key_hashes: list[str]):
+    def __init__(self, models: dict, limits: dict[str, int], options: dict, key_hashes: list[str],
+                 identities: dict[str, dict] | None = None):
         self.models = models
+        self.identities = identities or {}  # served name -> path, weights fingerprint, dtype, engine
         self.limits = limits
         self.cfg = ServeConfig.model_validate(options)
         self.key_hashes = key_hashes
@@ -385,8 +388,18 @@ class OpenAIIngress:
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> dict:
         self._auth(request)
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": self.created, "owned_by": "libra_ray"} for name in sorted(self.models)]}
+        return {"object": "list", "data": [self._model_entry(name) for name in sorted(self.models)]}
+
+    @api.get("/v1/models/{model_id:path}")
+    async def retrieve_model(self, model_id: str, request: Request) -> dict:
+        self._auth(request)
+        self._handle(model_id)  # 404 in OpenAI's error shape for a name we do not serve
+        return self._model_entry(model_id)
+
+    def _model_entry(self, name: str) -> dict:
+        """OpenAI's model object plus what the model is: weights path and fingerprint, dtype, engine."""
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "libra_ray",
+                **self.identities.get(name, {})}
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):
@@ -527,7 +540,11 @@ def build_app(models: list[ServedModelConfig], cfg: ServeConfig):
         name="ingress", num_replicas=cfg.ingress.replicas, ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
         logging_config={"enable_access_log": cfg.access_log},
     )
-    return ingress.bind(handles, {m.name: m.max_tokens_limit for m in models}, cfg.model_dump(), load_key_hashes(cfg))
+    identities = {m.name: served_identity(m) for m in models}
+    for name, identity in identities.items():
+        log.info("serving %s: %s", name, json.dumps(identity))
+    return ingress.bind(handles, {m.name: m.max_tokens_limit for m in models}, cfg.model_dump(), load_key_hashes(cfg),
+                        identities)
 
 
 def served_models(pcfg) -> list[ServedModelConfig]:

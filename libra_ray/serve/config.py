@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from libra_ray._config_base import StrictModel
+from libra_ray.engines.identity import DType, device_of, resolve_dtype
 from libra_ray.engines.vllm_engine import check_engine_kwargs
 from libra_ray.policy.judge_prompts import RefusalJudgeId
 from libra_ray.policy.rules import RuleName
@@ -68,17 +69,23 @@ class ServedModelConfig(StrictModel):
     kv_cache_gib: int = Field(default=1, ge=1, description="vllm: VLLM_CPU_KVCACHE_SPACE for the CPU build")
     enforce_eager: bool = Field(default=True, description="vllm: enforce_eager, no compilation/CUDA graphs (fast "
                                 "start; false for throughput on GPUs)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="vllm: weight dtype")
+    dtype: DType = Field(default="auto", description="weight dtype of either engine: auto = bfloat16 on GPUs (num_gpus "
+                         "> 0), float32 on CPUs, the rule bench.dtype follows, so serve decodes as bench measured")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: extra vLLM engine arguments "
-                                          "(AsyncEngineArgs), merged over ours (max_model_len, enforce_eager, dtype, "
-                                          "gpu_memory_utilization, tensor_parallel_size, seed), e.g. "
-                                          "{max_num_seqs: 64}")
+                                          "(AsyncEngineArgs), merged over ours (max_model_len, enforce_eager, "
+                                          "gpu_memory_utilization, tensor_parallel_size, seed; model and dtype "
+                                          "are refused: set path, dtype), e.g. {max_num_seqs: 64}")
     vllm_server: Literal["ray_serve_llm", "libra"] = Field(
         default="ray_serve_llm",
         description="engine 'vllm' only: the deployment that runs vLLM. 'ray_serve_llm' = Ray Serve LLM's "
                     "LLMServer (ray.serve.llm) behind our ingress; 'libra' = our ModelServer with vLLM's AsyncLLM")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Serve autoscaling of "
                                            "this model's replicas (Serve's own field names)")
+
+    @property
+    def resolved_dtype(self) -> str:
+        """The dtype the engine loads (`engines.identity.resolve_dtype` on this replica's device)."""
+        return resolve_dtype(self.dtype, device_of(self.num_gpus))
 
     @model_validator(mode="after")
     def _engine_kwargs_for_vllm(self) -> "ServedModelConfig":

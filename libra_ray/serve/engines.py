@@ -17,9 +17,20 @@ def make_engine(spec):
     """The engine for one `ServedModelConfig` (vLLM in its async mode)."""
     if spec.engine == "vllm":
         return VLLMEngine(spec.path, max_model_len=spec.max_model_len, mode="async", kv_cache_gib=spec.kv_cache_gib,
-                          enforce_eager=spec.enforce_eager, dtype=spec.dtype,
+                          enforce_eager=spec.enforce_eager, dtype=spec.resolved_dtype,
                           engine_kwargs=spec.engine_kwargs)
-    return TransformersEngine(spec.path, max_model_len=spec.max_model_len, num_threads=max(1, int(spec.num_cpus)))  # as bench
+    return TransformersEngine(spec.path, max_model_len=spec.max_model_len, num_threads=max(1, int(spec.num_cpus)),
+                              dtype=spec.resolved_dtype)  # as bench
+
+
+def served_identity(spec) -> dict:
+    """What a served model is (path resolved): its weights' fingerprint (the benchmark's, `weights_fingerprint`),
+    the dtype its engine loads and the engine; logged at start and returned by `GET /v1/models[/{id}]`."""
+    from libra_ray.engines.identity import weights_fingerprint
+
+    engine = spec.engine if spec.engine != "vllm" else f"vllm ({spec.vllm_server})"
+    return {"path": spec.path, "weights": weights_fingerprint(spec.path), "dtype": spec.resolved_dtype,
+            "engine": engine}
 
 
 def params_from_request(req: dict, limit: int) -> GenParams:
@@ -37,4 +48,4 @@ def params_from_request(req: dict, limit: int) -> GenParams:
 
 
 __all__ = ["GenParams", "RequestError", "TransformersEngine", "VLLMEngine", "make_engine", "params_from_request",
-           "truncate_at_stop"]
+           "served_identity", "truncate_at_stop"]

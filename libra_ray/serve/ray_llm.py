@@ -37,7 +37,7 @@ def engine_kwargs(spec: ServedModelConfig) -> dict:
     """vLLM engine arguments of one served model: the same settings and `engine_kwargs` merge as our own
     vLLM engine (`vllm_engine_args`); the model itself goes in `model_loading_config`."""
     args = vllm_engine_args(spec.path, engine_kwargs=spec.engine_kwargs, max_model_len=spec.max_model_len,
-                            enforce_eager=spec.enforce_eager, dtype=spec.dtype, gpu_memory_utilization=0.5,
+                            enforce_eager=spec.enforce_eager, dtype=spec.resolved_dtype, gpu_memory_utilization=0.5,
                             disable_log_stats=True)
     args.pop("model")
     return args
@@ -145,6 +145,9 @@ class RayLLMModelServer(LLMServer):
         self.spec = ServedModelConfig.model_validate(spec)
         self.prompts = _Prompts(self.spec.path, self.spec.max_model_len)
         await super().__init__(llm_config, **kwargs)
+        from libra_ray.serve.engines import served_identity
+
+        log.info("model %s ready; serving %s", self.spec.name, json.dumps(served_identity(self.spec)))
 
     def _prepare(self, req: dict, stream: bool):
         """Everything that can reject one request, then the `CompletionRequest` for it."""
