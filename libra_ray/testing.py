@@ -168,6 +168,9 @@ class ScriptedModel:
     async def generate(self, req: dict) -> dict:
         return self._result(req)
 
+    async def ping(self) -> bool:
+        return True
+
     async def stream(self, req: dict):
         result = self._result(req)
         for i, word in enumerate(result["text"].split(" ")):

@@ -323,13 +323,10 @@ class ModelServer:
             self._batched.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
         log.info("model %s (%s) ready in %.1f s", self.spec.name, self.spec.engine, time.perf_counter() - start)
 
-    def _prepare(self, req: dict) -> tuple[list[int], GenParams]:
-        """Everything that can reject one request, done before it may join a batch."""
-        prompt = self.engine.render_chat(req["messages"]) if req.get("messages") is not None else req["prompt"]
-        params = GenParams(**req["params"]).check()
-        ids = self.engine.encode(prompt)
-        self.engine.check_length(ids, params)
-        return ids, params
+    async def _prepare(self, req: dict) -> tuple[list[int], GenParams]:
+        """Everything that can reject one request, done before it may join a batch: off the event loop (a
+        long prompt's tokenising must not hold up other requests), after the cheap character bound."""
+        return await asyncio.to_thread(self.engine.prepare, req)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batched(self, items: list[tuple[list[int], GenParams]]) -> list[dict]:
@@ -337,7 +334,7 @@ class ModelServer:
 
     async def generate(self, req: dict) -> dict:
         try:
-            ids, params = self._prepare(req)
+            ids, params = await self._prepare(req)
         except RequestError as err:
             return err.to_dict()
         if self.spec.engine == "vllm":
@@ -346,12 +343,16 @@ class ModelServer:
 
     async def stream(self, req: dict):
         try:
-            ids, params = self._prepare(req)
+            ids, params = await self._prepare(req)
         except RequestError as err:
             yield err.to_dict()
             return
         async for item in self.engine.stream(ids, params):
             yield item
+
+    async def ping(self) -> bool:
+        """Readiness: the replica answers (the ingress's `/health` asks every model)."""
+        return True
 
     def info(self) -> dict:
         return {"name": self.spec.name, "engine": self.spec.engine, "max_model_len": self.engine.max_model_len}
@@ -418,7 +419,11 @@ class OpenAIIngress:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.cfg.max_request_bytes:
             raise APIError(413, f"request body over {self.cfg.max_request_bytes} bytes", code="request_too_large")
-        raw = await request.body()
+        try:  # a client that stops sending mid-body must not hold its connection (and our replica) open
+            raw = await asyncio.wait_for(request.body(), self.cfg.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"the request body was not received within {self.cfg.body_timeout_s:g} s",
+                           code="request_timeout") from None
         if len(raw) > self.cfg.max_request_bytes:
             raise APIError(413, f"request body over {self.cfg.max_request_bytes} bytes", code="request_too_large")
         return parse_body(raw)
@@ -473,9 +478,26 @@ class OpenAIIngress:
         return verdict.to_dict()
 
     # ---- routes
-    @api.get("/health")
-    async def health(self) -> dict:
-        return {"status": "ok", "models": sorted(self.models)}
+    @api.api_route("/health", methods=["GET", "HEAD"])
+    async def health(self) -> JSONResponse:
+        """Readiness: 200 only when every served model answers within `health_timeout_s`, else 503."""
+        names = sorted(self.models)
+
+        async def answers(name: str) -> bool:
+            try:
+                return bool(await asyncio.wait_for(self.models[name].ping.remote(), self.cfg.health_timeout_s))
+            except Exception:  # not started yet, dead, overloaded past the timeout: not ready
+                return False
+
+        ready = dict(zip(names, await asyncio.gather(*(answers(n) for n in names))))
+        ok = all(ready.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "models": names,
+                             "ready": ready}, status_code=200 if ok else 503)
+
+    @api.api_route("/health/live", methods=["GET", "HEAD"])
+    async def live(self) -> dict:
+        """Liveness: the ingress answers (models may still be starting)."""
+        return {"status": "live"}
 
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> dict:
