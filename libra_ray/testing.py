@@ -168,7 +168,9 @@ class ScriptedModel:
     async def generate(self, req: dict) -> dict:
         return self._result(req)
 
-    async def ping(self) -> bool:
+    async def ping(self) -> bool:  # readiness: FAIL = the model does not answer
+        if self.reply == FAIL:
+            raise RuntimeError("scripted model failure")
         return True
 
     async def stream(self, req: dict):

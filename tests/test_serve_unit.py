@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,68 @@ def test_streamed_text_equals_the_non_streamed_text_byte_for_byte(engine, stop):
               if s != b["text"] or final["text"] != b["text"]]
     assert differ == [], f"{len(differ)}/40 streamed answers differ: {differ[:3]}"
     assert any("\ufffd" in b["text"] for b in batch), "no partial UTF-8 among the answers: the test shows nothing"
+
+
+class _OrderedHandle:
+    """An engine handle that logs every call in `log` (shared), for ordering checks."""
+
+    def __init__(self, name: str, reply: str, log: list):
+        self.name, self.reply, self.log = name, reply, log
+        outer = self
+
+        class _Generate:
+            def remote(self, payload):
+                async def answer():
+                    outer.log.append(f"{outer.name}.generate")
+                    return {"text": outer.reply, "prompt_tokens": 1, "completion_tokens": 9, "finish_reason": "stop"}
+                return answer()
+
+        class _Stream:
+            def remote(self, payload):
+                async def deltas():
+                    outer.log.append(f"{outer.name}.stream")
+                    for word in outer.reply.split(" "):
+                        yield {"delta": word + " "}
+                    yield {"text": outer.reply, "prompt_tokens": 1, "completion_tokens": 9, "finish_reason": "stop"}
+                return deltas()
+
+        self.generate, self.stream = _Generate(), _Stream()
+
+    def options(self, **kw):
+        return self
+
+
+@pytest.mark.parametrize("mode,judge_reply,blocked", [("block", "Yes", True), ("block", "No", False),
+                                                      ("flag", "Yes", False), ("block", "???", True)])
+def test_a_guarded_stream_sends_nothing_before_the_verdict(mode, judge_reply, blocked):
+    """Streaming a guarded model: the whole answer is generated and judged first; the first byte of the
+    reply leaves after the judge's verdict, and nothing of a blocked answer ever leaves."""
+    from libra_ray.serve.app import ChatRequest, OpenAIIngress
+
+    class Bare(OpenAIIngress.func_or_class):
+        def __del__(self):
+            pass
+
+    log: list = []
+    answer = "Combine reagent A and reagent B, then heat under reflux."
+    ingress = Bare.__new__(Bare)
+    ingress.models = {"policy": _OrderedHandle("policy", answer, log), "judge": _OrderedHandle("judge", judge_reply, log)}
+    ingress.limits = {"policy": 64, "judge": 64}
+    ingress.cfg = ServeConfig(guard=mode)
+    req = ChatRequest.model_validate({"model": "policy", "messages": [{"role": "user", "content": "x"}], "stream": True})
+
+    async def run():
+        resp = await ingress._respond(req, {"messages": [], "params": {}}, chat=True)
+        log.append("response returned")
+        async for chunk in resp.body_iterator:
+            log.append(("sent", chunk if isinstance(chunk, str) else chunk.decode()))
+
+    asyncio.run(run())
+    assert log[:3] == ["policy.generate", "judge.generate", "response returned"], log
+    sent = [c for _, c in log[3:]]
+    text = "".join(json.loads(c[6:])["choices"][0]["delta"].get("content") or ""
+                   for c in sent if c.startswith("data: {"))
+    assert text == (ingress.cfg.guard_refusal if blocked else answer)
+    assert (answer not in "".join(sent)) is blocked
+    last = json.loads(sent[-2][6:])
+    assert last["libra_guard"]["blocked"] is blocked and sent[-1].strip() == "data: [DONE]"
