@@ -168,6 +168,11 @@ class ScriptedModel:
     async def generate(self, req: dict) -> dict:
         return self._result(req)
 
+    async def ping(self) -> bool:  # readiness: FAIL = the model does not answer
+        if self.reply == FAIL:
+            raise RuntimeError("scripted model failure")
+        return True
+
     async def stream(self, req: dict):
         result = self._result(req)
         for i, word in enumerate(result["text"].split(" ")):

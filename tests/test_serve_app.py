@@ -29,6 +29,7 @@ def app(ray_local, tmp_path_factory):
         "serve.policy.path=tiny", "serve.port=0", f"serve.api_keys_env={ENV}",
         "serve.guard=flag", "serve.policy.num_cpus=0.25", "serve.judge.num_cpus=0.25",
         "serve.policy.max_tokens_limit=64", "serve.judge.max_model_len=512",  # room for the guard prompt
+        "serve.body_timeout_s=2",
     ])
     try:
         with serving(cfg) as running:
@@ -56,7 +57,10 @@ def _assert_openai_error(resp, status, code):
 
 
 def test_models_health_and_chat(app, client):
-    assert httpx.get(app.root_url + "/health", timeout=10).json()["status"] == "ok"  # no key needed
+    health = httpx.get(app.root_url + "/health", timeout=10)  # no key needed
+    assert health.status_code == 200 and health.json()["ready"] == {"judge": True, "policy": True}
+    assert httpx.head(app.root_url + "/health", timeout=10).status_code == 200
+    assert httpx.get(app.root_url + "/health/live", timeout=10).json() == {"status": "live"}
     assert sorted(m.id for m in client.models.list()) == ["judge", "policy"]
     out = client.chat.completions.create(model="judge", messages=[{"role": "user", "content": "Is this a route?"}],
                                          max_tokens=8, temperature=0)
@@ -222,6 +226,22 @@ def test_guard_block_mode_over_http(blocking, judge_reply, verdict, blocked):
     assert ROUTE in scripted.requests("judge")[-1]["messages"][-1]["content"]
 
 
+def test_readiness_is_503_while_a_model_does_not_answer(blocking):
+    from libra_ray.testing import FAIL
+
+    scripted, _ = blocking
+    root = scripted.base_url[: -len("/v1")]
+    scripted.set_reply("judge", FAIL)  # the judge replica fails every call, its readiness probe too
+    try:
+        r = httpx.get(root + "/health", timeout=30)
+        assert r.status_code == 503 and r.json()["ready"] == {"judge": False, "policy": True}, r.text
+        assert httpx.head(root + "/health", timeout=30).status_code == 503
+        assert httpx.get(root + "/health/live", timeout=10).status_code == 200  # alive, not ready
+    finally:
+        scripted.set_reply("judge", "No")
+    assert httpx.get(root + "/health", timeout=30).status_code == 200
+
+
 def test_guard_block_with_a_failing_judge_fails_closed(blocking):
     from libra_ray.testing import FAIL
 
@@ -277,3 +297,44 @@ def test_api_keys_reach_no_log_or_ray_session_file(app, client):
     assert files_with(probe), "the probe never reached a log: wrong folder searched"
     for secret in (KEY, "other-key", wrong):
         assert files_with(secret) == [], secret
+
+
+def test_a_truncated_body_is_answered_408_within_the_body_timeout(app):
+    """Headers promise 1,000 bytes, 10 arrive, the client waits: the server answers 408 after
+    serve.body_timeout_s (2 s here) instead of holding the connection (measured over 35 s before)."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    url = urlsplit(app.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as s:
+        s.sendall((f"POST {url.path}/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                   "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\": ").encode())
+        start = time.monotonic()
+        head = b""
+        while b"request_timeout" not in head and (chunk := s.recv(4096)):  # status line and body may come apart
+            head += chunk
+        waited = time.monotonic() - start
+    head = head.decode(errors="replace")
+    assert head.startswith("HTTP/1.1 408") and "request_timeout" in head, head[:300]
+    print(f"truncated body answered after {waited:.1f} s")
+
+
+def test_huge_prompts_are_refused_cheaply_beside_a_valid_request(app, client):
+    """8 prompts of ~990 KB (far over the context) beside a valid request: all 8 get 400
+    context_length_exceeded, the valid one is answered (their cost is in benchmarks/serve_probe.py)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    huge = {"model": "judge", "messages": [{"role": "user", "content": "aspirin " * 123_000}], "max_tokens": 4}
+
+    def valid():
+        return client.chat.completions.create(model="judge", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=4, temperature=0)
+
+    with ThreadPoolExecutor(9) as pool:
+        bad = [pool.submit(_post, app, "/chat/completions", huge) for _ in range(8)]
+        good = pool.submit(valid)
+        for f in bad:
+            _assert_openai_error(f.result(), 400, "context_length_exceeded")
+            assert "characters" in f.result().json()["error"]["message"]  # refused by the bound, untokenised
+        assert good.result().choices[0].message.content is not None

@@ -78,9 +78,14 @@ def _assert_400(resp, param=None):
 def test_a_valid_request_is_answered(client):
     resp = client.post("/v1/chat/completions", json=_chat(max_tokens=5, temperature=0.5, seed=3))
     assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == "ok"
-    parts = _chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url"}]}])
+    parts = _chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
     assert client.post("/v1/chat/completions", json=parts).status_code == 200
-    assert client.handle.calls[-1]["messages"][0]["content"] == "a"
+    assert client.handle.calls[-1]["messages"][0]["content"] == "ab"
+    # Unsupported fields at their neutral value (what sending nothing means) are accepted.
+    neutral = _chat(n=1, logprobs=False, tools=[], tool_choice="none", response_format={"type": "text"},
+                    presence_penalty=0, frequency_penalty=0.0, user="u-1", stream=False, stop=["a", "b", "c", "d"])
+    assert client.post("/v1/chat/completions", json=neutral).status_code == 200, client.post(
+        "/v1/chat/completions", json=neutral).text
 
 
 @pytest.mark.parametrize("text", [5, None, [1], {"a": 1}])
@@ -129,3 +134,76 @@ def test_non_finite_numbers(client, extra):
     key, word = next(iter(extra.items()))
     raw = json.dumps(_chat())[:-1] + f', "{key}": {word}' + "}"
     _assert_400(client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"}), key)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("max_tokens", "8"), ("max_tokens", 8.0), ("max_tokens", True), ("temperature", "0.5"), ("top_p", "1"),
+    ("stream", "yes"), ("stream", 1), ("seed", "3"), ("n", "1"), ("model", 5), ("stop", 5), ("stop", ["a", 1]),
+    ("stream_options", {"include_usage": "yes"}),
+])
+def test_strict_types_as_openai(client, field, value):
+    """What OpenAI's API refuses (a string for a number, 1 for a boolean) is a 400 naming the field."""
+    err = _assert_400(client.post("/v1/chat/completions", json=_chat(**{field: value})))
+    assert err["param"].split(".")[0] == field, err
+    assert client.handle.calls == []
+
+
+def test_at_most_four_stop_strings(client):
+    """One rule on every path (the ingress checks before any engine): OpenAI's limit of 4 stop sequences."""
+    assert client.post("/v1/chat/completions", json=_chat(stop=list("abcd"))).status_code == 200
+    _assert_400(client.post("/v1/chat/completions", json=_chat(stop=list("abcde"))), param="stop")
+    _assert_400(client.post("/v1/completions", json={"model": "policy", "prompt": "x", "stop": list("abcde")}),
+                param="stop")
+    assert len(client.handle.calls) == 1
+
+
+@pytest.mark.parametrize("field,value", [
+    ("n", 2), ("logprobs", True), ("top_logprobs", 2), ("tools", [{"type": "function", "function": {"name": "f"}}]),
+    ("tool_choice", "auto"), ("response_format", {"type": "json_object"}), ("presence_penalty", 0.5),
+    ("frequency_penalty", 1), ("logit_bias", {"5": 10}), ("modalities", ["text", "audio"]), ("store", True),
+    ("brand_new_field", 1),
+])
+def test_unsupported_fields_are_refused_by_name_never_ignored(client, field, value):
+    err = _assert_400(client.post("/v1/chat/completions", json=_chat(**{field: value})), param=field)
+    assert field in err["message"]
+    assert client.handle.calls == []
+
+
+def test_completions_logprobs_and_echo_are_refused(client):
+    for extra in ({"logprobs": 0}, {"logprobs": 5}, {"echo": True}, {"best_of": 2}, {"suffix": "x"}):
+        key = next(iter(extra))
+        _assert_400(client.post("/v1/completions", json={"model": "policy", "prompt": "x", **extra}), param=key)
+    assert client.handle.calls == []
+
+
+@pytest.mark.parametrize("part", [
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+    {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+    {"type": "file", "file": {"file_id": "f"}},
+])
+def test_image_and_audio_parts_are_refused(client, part):
+    body = _chat(messages=[{"role": "user", "content": [{"type": "text", "text": "what is this?"}, part]}])
+    err = _assert_400(client.post("/v1/chat/completions", json=body), param="messages.0.content.1.type")
+    assert part["type"] in err["message"] and "not supported" in err["message"]
+    assert client.handle.calls == []
+
+
+@pytest.mark.parametrize("messages,param", [
+    ([{"role": "user", "content": None}], "messages.0.content"),
+    ([{"role": "user"}], "messages.0.content"),
+    ([{"role": "system", "content": "be nice"}], None),
+    ([{"role": "system", "content": "a"}, {"role": "assistant", "content": "b"}], None),
+    ([{"role": "tool", "content": "x", "tool_call_id": "1"}], "messages.0.tool_call_id"),
+    ([{"role": "tool", "content": "x"}], "messages.0.role"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}],
+     "messages.1.tool_calls"),
+])
+def test_null_content_and_conversations_without_a_user_message(client, messages, param):
+    err = _assert_400(client.post("/v1/chat/completions", json=_chat(messages=messages)), param=param)
+    if param is None:
+        assert "user" in err["message"]
+    assert client.handle.calls == []
+
+
+def test_stream_options_need_stream(client):
+    _assert_400(client.post("/v1/chat/completions", json=_chat(stream_options={"include_usage": True})))

@@ -39,6 +39,33 @@ class Engine:
     max_model_len: int = 1024
 
     # ---- prompt handling
+    _max_token_chars: int | None = None
+
+    def max_prompt_chars(self) -> int:
+        """Characters beyond which a prompt cannot fit `max_model_len` tokens, whatever it says: no token is
+        longer than the vocabulary's longest entry (a byte-level entry has at least as many characters as
+        the text it decodes to), so more characters need more tokens than the context holds."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max(1, max((len(t) for t in self.tokenizer.get_vocab()), default=1))
+        return self.max_model_len * self._max_token_chars
+
+    def check_chars(self, texts: list[str]) -> None:
+        """The cheap bound, before any templating or tokenising: a RequestError for a prompt too long."""
+        chars, limit = sum(len(t) for t in texts), self.max_prompt_chars()
+        if chars > limit:
+            raise RequestError(f"prompt too long: {chars} characters cannot fit this model's maximum context "
+                               f"length of {self.max_model_len} tokens", "context_length_exceeded", "messages")
+
+    def prepare(self, req: dict) -> tuple[list[int], GenParams]:
+        """A Serve request dict ({"messages"} or {"prompt"}, "params") as prompt ids and checked params;
+        RequestError for anything that makes it unanswerable, cheapest check first. Blocking (tokenises)."""
+        params = GenParams(**req["params"]).check()
+        messages = req.get("messages")
+        self.check_chars([m["content"] for m in messages] if messages is not None else [req["prompt"]])
+        ids = self.encode(self.render_chat(messages) if messages is not None else req["prompt"])
+        self.check_length(ids, params)
+        return ids, params
+
     def render_chat(self, messages: list[dict]) -> str:
         try:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -73,6 +73,32 @@ def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+class DeltaText:
+    """Incremental text of one streamed answer: the deltas to send as the text grows, such that their
+    concatenation is exactly the final (non-streamed) text.
+
+    `update(text)` takes the whole answer so far (decoded from every token, stop strings already cut)
+    and returns what may be sent now. It holds back what a later token may still change: trailing
+    U+FFFD (a multi-byte character whose remaining bytes are in the next tokens) and, as vLLM does, the
+    last len(longest stop string) - 1 characters (they may begin a stop string, which the final text cuts). `update(text, final=True)` takes the final text and returns the rest
+    (a U+FFFD that stayed incomplete is part of the final text, so it is sent too).
+    """
+
+    def __init__(self, stop: list[str] | None = None):
+        self.hold = max((len(s) - 1 for s in stop or [] if s), default=0)
+        self.sent = ""
+
+    def _held_back(self, text: str) -> int:
+        return len(text) - len(text.rstrip("\ufffd")) + self.hold
+
+    def update(self, text: str, final: bool = False) -> str:
+        ready = text if final else text[: len(text) - self._held_back(text)]
+        if len(ready) <= len(self.sent) or not ready.startswith(self.sent):
+            return ""  # nothing new (or a decoder that rewrote the past: never resend)
+        delta, self.sent = ready[len(self.sent):], ready
+        return delta
+
+
 def result(text: str, prompt_tokens: int, token_ids: list[int], finish_reason: str) -> dict:
     """An engine's answer to one request (`token_ids`: the completion's tokens, stop token excluded)."""
     return {"text": text, "prompt_tokens": prompt_tokens, "completion_tokens": len(token_ids),

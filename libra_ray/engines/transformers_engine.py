@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from libra_ray.engines.base import Engine, eos_ids, prepare_tokenizer
 from libra_ray.engines.identity import resolve_dtype
-from libra_ray.engines.params import GenParams, result, truncate_at_stop
+from libra_ray.engines.params import DeltaText, GenParams, result, truncate_at_stop
 
 
 class TransformersEngine(Engine):
@@ -133,7 +133,7 @@ class TransformersEngine(Engine):
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         ids: list[int] = []
-        sent = ""
+        deltas = DeltaText(params.stop)
         reason = "length"
         try:
             while True:
@@ -149,19 +149,22 @@ class TransformersEngine(Engine):
                     stop_event.set()
                     continue
                 ids.append(item)
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                text, hit = truncate_at_stop(text, params.stop)
-                if text.endswith("\ufffd") and not hit:
-                    continue  # an incomplete multi-byte character: wait for the next token
-                if len(text) > len(sent):
-                    yield {"delta": text[len(sent):]}
-                    sent = text
+                text, hit = truncate_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), params.stop)
+                delta = deltas.update(text)
+                if delta:
+                    yield {"delta": delta}
                 if hit:
                     reason = "stop"
                     stop_event.set()
         finally:
             stop_event.set()
-        yield result(sent, len(prompt_ids), ids, reason)
+        final = self._finish(ids, len(prompt_ids), params, budget)  # exactly what generate_batch answers
+        delta = deltas.update(final["text"], final=True)
+        if delta:
+            yield {"delta": delta}
+        if reason == "stop":
+            final["finish_reason"] = "stop"
+        yield final
 
 
 class _PerRequestSampler:

@@ -22,7 +22,7 @@ import psutil
 from libra_ray.engines.base import Engine, prepare_tokenizer
 from libra_ray.engines.env import apply_vllm_env
 from libra_ray.engines.identity import resolve_dtype
-from libra_ray.engines.params import GenParams, engine_error, result
+from libra_ray.engines.params import DeltaText, GenParams, engine_error, result
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,17 @@ class VLLMEngine(Engine):
     async def stream(self, prompt_ids: list[int], params: GenParams) -> AsyncIterator[dict]:
         """Yield {"delta": str} as text arrives, then a final result dict."""
         params.check()
-        sent, final = "", None
+        deltas, final = DeltaText(params.stop), None
         async for out in self.llm.generate({"prompt_token_ids": prompt_ids}, self.sampling(params), uuid.uuid4().hex):
-            comp = out.outputs[0]
-            if len(comp.text) > len(sent):
-                yield {"delta": comp.text[len(sent):]}
-                sent = comp.text
-            final = comp
-        yield self._result(prompt_ids, final)
+            final = out.outputs[0]
+            delta = deltas.update(final.text)
+            if delta:
+                yield {"delta": delta}
+        res = self._result(prompt_ids, final)
+        delta = deltas.update(res["text"], final=True)  # what was held back: the deltas add up to the text
+        if delta:
+            yield {"delta": delta}
+        yield res
 
     async def generate(self, prompt_ids: list[int], params: GenParams) -> dict:
         res = None

@@ -20,11 +20,14 @@ if TYPE_CHECKING:
 
 
 def check_models(cfg: "PipelineConfig") -> None:
-    """The served models' paths exist (a ConfigError naming the key otherwise): checked before Ray starts."""
+    """The served models' paths exist and configured API keys are found (a ConfigError naming the key
+    otherwise, e.g. an empty `serve.api_keys_env` variable): checked before Ray starts."""
+    from libra_ray.serve.app import load_key_hashes
     from libra_ray.tiny import check_model_ref
 
     for role in ("policy", "judge"):
         check_model_ref(getattr(cfg.serve, role).path, cfg, key=f"serve.{role}.path")
+    load_key_hashes(cfg.serve)
 
 
 def start_app(cfg: "PipelineConfig"):

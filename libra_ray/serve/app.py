@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ray import serve
 
 from libra_ray.credentials import get_credential
@@ -63,61 +63,154 @@ def _from_request_error(err: dict) -> APIError:
 # --------------------------------------------------------------------------- request schemas
 
 class _Loose(BaseModel):
-    # Clients send many optional OpenAI fields we do not use (logprobs, user, ...): ignore them.
+    # Inside a message: other keys are checked by `_unsupported_message_keys` before validation.
     model_config = ConfigDict(extra="ignore")
 
 
-def _not_bool(value: Any) -> Any:
-    # JSON true/false are not numbers (pydantic would read `max_tokens: true` as 1).
-    if isinstance(value, bool):
-        raise ValueError("must be a number, not a boolean")
-    return value
+# Strict types, as OpenAI's API has them: "8" is not a number, true is not 1, "yes" is not a boolean.
+Int = Annotated[int, Field(strict=True)]
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Bool = Annotated[bool, Field(strict=True)]
+Str = Annotated[str, Field(strict=True)]
+
+# OpenAI allows up to 4 stop sequences; more are refused (400) on every engine path.
+MAX_STOP = 4
+
+# Request fields we accept but that change nothing (identifiers, hints).
+IGNORED_FIELDS = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key", "service_tier"})
 
 
-Int = Annotated[int, BeforeValidator(_not_bool)]
-Number = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+def _neutral(*values: Any) -> Any:
+    return lambda v: v is None or any(v == x and type(v) is type(x) for x in values)
+
+
+# Request fields we do not implement: accepted only at their neutral value (what sending nothing means),
+# any other value is refused with a 400 that names the field, never silently ignored.
+UNSUPPORTED_FIELDS = {
+    "logprobs": _neutral(False),             # completions' logprobs is an int: any int asks for them
+    "top_logprobs": _neutral(0),
+    "tools": _neutral([]),
+    "tool_choice": _neutral("none"),
+    "parallel_tool_calls": _neutral(),
+    "functions": _neutral([]),
+    "function_call": _neutral("none"),
+    "response_format": lambda v: v is None or v == {"type": "text"},
+    "presence_penalty": _neutral(0, 0.0),
+    "frequency_penalty": _neutral(0, 0.0),
+    "logit_bias": _neutral({}),
+    "echo": _neutral(False),
+    "best_of": _neutral(1),
+    "suffix": _neutral(),
+    "modalities": lambda v: v is None or v == ["text"],
+    "audio": _neutral(),
+    "prediction": _neutral(),
+    "reasoning_effort": _neutral(),
+    "web_search_options": _neutral(),
+    "store": _neutral(False),
+}
+
+# Message keys beside role/content: `name` is accepted; any other key with a value is refused.
+MESSAGE_KEYS = frozenset({"role", "content", "name"})
+
+
+def _unsupported(body: dict, cls: type[BaseModel]) -> dict:
+    """The body without ignorable fields; a 400 naming the first field we do not support."""
+    out = {}
+    for key, value in body.items():
+        if key in cls.model_fields:
+            out[key] = value
+        elif key in IGNORED_FIELDS:
+            continue
+        elif key in UNSUPPORTED_FIELDS:
+            if not UNSUPPORTED_FIELDS[key](value):
+                raise APIError(400, f"{key}: not supported by this server (send it unset)",
+                               code="unsupported_parameter", param=key)
+        else:
+            raise APIError(400, f"unrecognized request argument: {key}", code="unknown_parameter", param=key)
+    messages = out.get("messages")
+    if isinstance(messages, list):
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict):
+                continue
+            extra = [k for k, v in msg.items() if k not in MESSAGE_KEYS and v not in (None, [], "")]
+            if extra:
+                raise APIError(400, f"messages.{i}.{extra[0]}: not supported by this server", code="unsupported_parameter",
+                               param=f"messages.{i}.{extra[0]}")
+    return out
 
 
 class ContentPart(_Loose):
-    type: str
-    text: str | None = None
+    type: Str
+    text: Str | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, kind: str) -> str:
+        if kind != "text":
+            raise ValueError(f"{kind!r} content parts are not supported (text only)")
+        return kind
 
     @model_validator(mode="after")
     def _text_part_has_text(self) -> "ContentPart":
-        if self.type == "text" and self.text is None:
+        if self.text is None:
             raise ValueError("a text content part needs a string 'text'")
         return self
 
 
 class ChatMessage(_Loose):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Str | list[ContentPart]
+    name: Str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content_given(cls, content: Any) -> Any:
+        if content is None:
+            raise ValueError("content must be a string or a list of text parts, not null")
+        return content
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: keep the text ones
-            return "".join(p.text or "" for p in self.content if p.type == "text")
-        return self.content or ""
+        if isinstance(self.content, list):  # content parts: all text (others are refused)
+            return "".join(p.text or "" for p in self.content)
+        return self.content
 
 
-class _Sampling(_Loose):
-    model: str = Field(min_length=1)
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: Bool | None = None
+
+
+class _Sampling(BaseModel):
+    model: Str = Field(min_length=1)
     max_tokens: Int | None = Field(default=None, ge=1)
     max_completion_tokens: Int | None = Field(default=None, ge=1)
     temperature: Number | None = Field(default=None, ge=0, le=2)
     top_p: Number | None = Field(default=None, gt=0, le=1)
-    n: Int = Field(default=1, ge=1, le=1, description="one choice per request")
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    stop: str | list[str] | None = None
+    n: Int | None = Field(default=None, ge=1, le=1, description="one choice per request")
+    stream: Bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: Str | Annotated[list[Str], Field(max_length=MAX_STOP)] | None = None
     seed: Int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "_Sampling":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed when stream is true")
+        return self
 
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _has_user_message(self) -> "ChatRequest":
+        if not any(m.role == "user" for m in self.messages):
+            raise ValueError("messages: at least one message must have role 'user'")
+        return self
+
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: Str | list[Str]
 
 
 def _check_text(body: Any) -> None:
@@ -142,7 +235,8 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "none"))
 
 
-def _validate(cls: type[BaseModel], body: Any) -> Any:
+def _validate(cls: type[BaseModel], body: dict) -> Any:
+    body = _unsupported(body, cls)
     try:
         return cls.model_validate(body)
     except ValidationError as err:
@@ -150,7 +244,8 @@ def _validate(cls: type[BaseModel], body: Any) -> Any:
         # its path without pydantic's union-branch tags ("messages.0.content.0.text").
         first = max(err.errors(), key=lambda e: len(e["loc"]))
         param = ".".join(str(p) for p in first["loc"] if not _is_union_tag(p)) or None
-        raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], code="invalid_value",
+        msg = first["msg"].removeprefix("Value error, ")
+        raise APIError(400, f"{param}: {msg}" if param else msg, code="invalid_value",
                        param=param) from None
 
 
@@ -229,13 +324,10 @@ class ModelServer:
         log.info("model %s (%s) ready in %.1f s; serving %s", self.spec.name, self.spec.engine,
                  time.perf_counter() - start, json.dumps({**served_identity(self.spec), "dtype": self.engine.dtype}))
 
-    def _prepare(self, req: dict) -> tuple[list[int], GenParams]:
-        """Everything that can reject one request, done before it may join a batch."""
-        prompt = self.engine.render_chat(req["messages"]) if req.get("messages") is not None else req["prompt"]
-        params = GenParams(**req["params"]).check()
-        ids = self.engine.encode(prompt)
-        self.engine.check_length(ids, params)
-        return ids, params
+    async def _prepare(self, req: dict) -> tuple[list[int], GenParams]:
+        """Everything that can reject one request, done before it may join a batch: off the event loop (a
+        long prompt's tokenising must not hold up other requests), after the cheap character bound."""
+        return await asyncio.to_thread(self.engine.prepare, req)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batched(self, items: list[tuple[list[int], GenParams]]) -> list[dict]:
@@ -243,7 +335,7 @@ class ModelServer:
 
     async def generate(self, req: dict) -> dict:
         try:
-            ids, params = self._prepare(req)
+            ids, params = await self._prepare(req)
         except RequestError as err:
             return err.to_dict()
         if self.spec.engine == "vllm":
@@ -252,12 +344,16 @@ class ModelServer:
 
     async def stream(self, req: dict):
         try:
-            ids, params = self._prepare(req)
+            ids, params = await self._prepare(req)
         except RequestError as err:
             yield err.to_dict()
             return
         async for item in self.engine.stream(ids, params):
             yield item
+
+    async def ping(self) -> bool:
+        """Readiness: the replica answers (the ingress's `/health` asks every model)."""
+        return True
 
     def info(self) -> dict:
         return {"name": self.spec.name, "engine": self.spec.engine, "max_model_len": self.engine.max_model_len}
@@ -326,7 +422,11 @@ class OpenAIIngress:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.cfg.max_request_bytes:
             raise APIError(413, f"request body over {self.cfg.max_request_bytes} bytes", code="request_too_large")
-        raw = await request.body()
+        try:  # a client that stops sending mid-body must not hold its connection (and our replica) open
+            raw = await asyncio.wait_for(request.body(), self.cfg.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"the request body was not received within {self.cfg.body_timeout_s:g} s",
+                           code="request_timeout") from None
         if len(raw) > self.cfg.max_request_bytes:
             raise APIError(413, f"request body over {self.cfg.max_request_bytes} bytes", code="request_too_large")
         return parse_body(raw)
@@ -381,9 +481,26 @@ class OpenAIIngress:
         return verdict.to_dict()
 
     # ---- routes
-    @api.get("/health")
-    async def health(self) -> dict:
-        return {"status": "ok", "models": sorted(self.models)}
+    @api.api_route("/health", methods=["GET", "HEAD"])
+    async def health(self) -> JSONResponse:
+        """Readiness: 200 only when every served model answers within `health_timeout_s`, else 503."""
+        names = sorted(self.models)
+
+        async def answers(name: str) -> bool:
+            try:
+                return bool(await asyncio.wait_for(self.models[name].ping.remote(), self.cfg.health_timeout_s))
+            except Exception:  # not started yet, dead, overloaded past the timeout: not ready
+                return False
+
+        ready = dict(zip(names, await asyncio.gather(*(answers(n) for n in names))))
+        ok = all(ready.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "models": names,
+                             "ready": ready}, status_code=200 if ok else 503)
+
+    @api.api_route("/health/live", methods=["GET", "HEAD"])
+    async def live(self) -> dict:
+        """Liveness: the ingress answers (models may still be starting)."""
+        return {"status": "live"}
 
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> dict:
@@ -439,7 +556,7 @@ class OpenAIIngress:
 
     async def _stream(self, req: _Sampling, payload: dict, rid: str, chat: bool):
         created = int(time.time())
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(delta: str | None, finish: str | None, role: bool = False, extra: dict | None = None) -> dict:

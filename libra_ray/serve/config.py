@@ -137,6 +137,10 @@ class ServeConfig(StrictModel):
                                "replaces a blocked one")
     max_request_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body accepted (413 "
                                    "beyond)")
+    body_timeout_s: float = Field(default=5.0, gt=0, description="seconds a client has to send the whole request "
+                                  "body (408 beyond): a truncated or stalled upload does not hold its connection")
+    health_timeout_s: float = Field(default=5.0, gt=0, description="seconds each model has to answer the readiness "
+                                    "probe of GET /health (503 when any does not)")
     access_log: bool = Field(default=True, description="per-request access log lines of every replica (off for the "
                              "embedded local endpoint, whose thousands of calls would bury progress bars)")
 

@@ -18,6 +18,7 @@ with Ray 2.60, see benchmarks/README.md); our ingress validates every request fi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -149,19 +150,21 @@ class RayLLMModelServer(LLMServer):
 
         log.info("model %s ready; serving %s", self.spec.name, json.dumps(served_identity(self.spec)))
 
-    def _prepare(self, req: dict, stream: bool):
-        """Everything that can reject one request, then the `CompletionRequest` for it."""
+    async def _prepare(self, req: dict, stream: bool):
+        """Everything that can reject one request (cheapest first, tokenising off the event loop), then the
+        `CompletionRequest` for it."""
         from ray.serve.llm.openai_api_models import CompletionRequest
 
-        prompt = self.prompts.render_chat(req["messages"]) if req.get("messages") is not None else req["prompt"]
-        params = GenParams(**req["params"]).check()
-        ids = self.prompts.encode(prompt)
-        self.prompts.check_length(ids, params)
+        ids, params = await asyncio.to_thread(self.prompts.prepare, req)
         return ids, CompletionRequest(**completion_request(self.spec.name, ids, params, stream))
+
+    async def ping(self) -> bool:
+        """Readiness: the replica answers (the ingress's `/health` asks every model)."""
+        return True
 
     async def generate(self, req: dict) -> dict:
         try:
-            ids, request = self._prepare(req, stream=False)
+            ids, request = await self._prepare(req, stream=False)
         except RequestError as err:
             return err.to_dict()
         try:
@@ -177,7 +180,7 @@ class RayLLMModelServer(LLMServer):
     async def stream(self, req: dict):
         """Yield {"delta": str} as text arrives, then the final result dict (or one error dict first)."""
         try:
-            ids, request = self._prepare(req, stream=True)
+            ids, request = await self._prepare(req, stream=True)
         except RequestError as err:
             yield err.to_dict()
             return
