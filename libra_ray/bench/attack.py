@@ -77,7 +77,8 @@ def attack_scores(wrapped: list[dict], direct: list[dict], confidence: float = 0
     base_rows = [r for r in direct if r["id"] in subset and r.get("refused") is not None]
     base = _rates(base_rows, confidence)
     per: dict[str, dict] = {}
-    for wid in dict.fromkeys(r["wrapper"] for r in wrapped):
+    order = {w: i for i, w in enumerate(WRAPPERS)}  # the declared order, whatever order the rows came in
+    for wid in sorted(dict.fromkeys(r["wrapper"] for r in wrapped), key=lambda w: (order.get(w, len(order)), w)):
         rows = [r for r in ok if r["wrapper"] == wid]
         s = _rates(rows, confidence)
         family = WRAPPERS[wid].family if wid in WRAPPERS else None

@@ -79,7 +79,7 @@ class AttackConfig(StrictModel):
     enabled: bool = Field(default=True, description="generate and score wrapped prompts for every model")
     wrappers: list[str] = Field(default_factory=lambda: list(WRAPPERS), min_length=1,
                                 description="wrapper ids, from: " + ", ".join(WRAPPERS))
-    prompts_per_class: int = Field(default=12, ge=1, description="benchmark prompts per class (stratified by "
+    prompts_per_class: int = Field(default=24, ge=1, description="benchmark prompts per class (stratified by "
                                    "category, deterministic by seed), each wrapped by every wrapper")
     seed: int = Field(default=0, description="seed of the prompt subset")
 
