@@ -6,6 +6,9 @@ Outputs under `cfg.bench_dir`: `<model>/generations/` (Parquet shards, resumable
 while its `gen_key` (prompt + weights + engine + sampling) matches), `<model>/evaluations.parquet`
 (local detector, rule, raw judge replies, parsed labels, final label and who decided it; reused per
 row while its `eval_key` matches), `judge_cache/`, and `report.md`, `report.html`, `report.json`.
+Also, unless switched off: `<model>/capability/` (the capability set, `bench.capability`: option
+log-likelihoods per question, resumable) and `<model>/evaluations_attack.parquet` (the prompts wrapped in
+jailbreak templates, `bench.attack`, generated in the same pass as the direct ones).
 """
 
 from __future__ import annotations
