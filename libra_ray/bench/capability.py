@@ -258,8 +258,16 @@ def capability_dir(cfg: "PipelineConfig", model: str) -> str:
     return join_uri(cfg.bench_dir, model, "capability")
 
 
+def scoring_model(cfg: "PipelineConfig", model: "BenchModelConfig") -> "BenchModelConfig":
+    """The model as it is scored: under `bench.capability.engine: transformers` a local vLLM model is scored
+    by the transformers engine on the same weights (the key then names that engine)."""
+    if cfg.bench.capability.engine == "transformers" and model.engine in ("vllm", "ray_data_llm"):
+        return model.model_copy(update={"engine": "transformers", "engine_kwargs": {}})
+    return model
+
+
 def _keys(cfg: "PipelineConfig", model: "BenchModelConfig", questions: pa.Table) -> dict[str, str]:
-    fp = generation_fingerprint(cfg, model)["hash"]
+    fp = generation_fingerprint(cfg, scoring_model(cfg, model))["hash"]
     return {qid: stable_hash({"question": qid, "model": fp, "v": CAPABILITY_VERSION})
             for qid in questions["id"].to_pylist()}
 
@@ -271,6 +279,7 @@ def _scored_blocks(todo: pa.Table, cfg: "PipelineConfig", model: "BenchModelConf
     from libra_ray.bench.generate import _engine_args
 
     bs = cfg.bench.capability.batch_size
+    model = scoring_model(cfg, model)
     ds = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
     cls, kwargs, resources = _engine_args(cfg, model, base_url)
     if model.engine != "openai":

@@ -71,6 +71,10 @@ class CapabilityConfig(StrictModel):
                                     "held-out compounds), spread over the categories in proportion to their sizes")
     seed: int = Field(default=0, description="seed of compound sampling and distractor choice")
     batch_size: int = Field(default=32, ge=1, description="questions per engine call (Ray Data batch)")
+    engine: Literal["model", "transformers"] = Field(
+        default="model", description="model: each model's own engine scores the options (vLLM: prompt_logprobs); "
+        "transformers: local vLLM models are scored by the transformers engine on the same weights (on CPU it "
+        "starts in seconds, vLLM in ~30 s); API models always answer by letter")
 
 
 class AttackConfig(StrictModel):
