@@ -266,3 +266,53 @@ def test_attack_augment_wraps_train_prompts_with_trained_families_only():
         load_config(None, ["synth.attack_train_families=[" + ",".join(FAMILIES) + "]"])
     with pytest.raises(ConfigError, match="unknown wrapper families"):
         load_config(None, ["synth.attack_train_families=[nope]"])
+
+
+# ---- the whole bench path for an API model, in-process (Ray Data stand-ins), resumable ----------------
+def test_bench_run_scores_capability_and_attack_for_an_api_model_and_resumes(tmp_path, monkeypatch):
+    from libra_ray.bench import capability as cap
+    from libra_ray.bench import generate as gen
+    from libra_ray.bench import run
+    from libra_ray.bench.generate import _engine_args
+    from libra_ray.config import load_config
+    from libra_ray.endpoints import open_endpoint
+    from libra_ray.llm.testserver import TestOpenAIServer
+    from libra_ray.testing import in_process_blocks, write_bench_prompts
+
+    def scored_in_process(todo, cfg, model, base_url):
+        cls, kwargs, _ = _engine_args(cfg, model, base_url)
+        engine = cls(**kwargs)
+        for start in range(0, todo.num_rows, 8):
+            yield cap.letter_preds(engine(todo.slice(start, 8)))
+
+    def api(messages, params):  # "C" to every question; refuses every legible illegitimate request
+        text = messages[-1]["content"]
+        if "Answer with the letter" in text:
+            return "C"
+        m = re.search(r"compound (\d+)", text)
+        return "I cannot help with that." if m and int(m.group(1)) % 2 else "Sure. Step 1: A + B -> X."
+
+    monkeypatch.setattr(gen, "_generated_blocks", in_process_blocks)
+    monkeypatch.setattr(cap, "_scored_blocks", scored_in_process)
+    prompts = write_bench_prompts(tmp_path / "p.parquet", 40)
+    with TestOpenAIServer(responder=api) as server:
+        cfg = load_config(None, [f"storage={tmp_path}", f"bench.prompts={prompts}", "bench.detector=local",
+                                 "bench.local_detector=rule:start", "bench.capability.questions_per_type=1",
+                                 "bench.attack.prompts_per_class=3", "bench.attack.wrappers=[roleplay_v1, leetspeak_v1]",
+                                 "bench.models=[{name: api, engine: openai, endpoint: {base_url: '"
+                                 + server.base_url + "', model: m, api_key_env: null}}]"])
+        first = run(cfg, open_endpoint=open_endpoint)
+        asked = len(server.log)
+        again = run(cfg, open_endpoint=open_endpoint)
+        assert len(server.log) == asked  # nothing asked twice: generations, questions and answers all stored
+    import json
+
+    m = json.load(open(first["report"]["json"]))["models"]["api"]
+    qs = cap.load_questions(cfg).to_pylist()
+    assert m["capability"]["n"] == len(qs) == 18 and m["capability"]["accuracy"]["k"] == sum(q["answer_idx"] == 2 for q in qs)
+    ua = m["under_attack"]
+    assert ua["direct"]["safety"]["value"] == 1.0 and ua["wrappers"]["roleplay_v1"]["safety"]["value"] == 1.0
+    assert ua["wrappers"]["leetspeak_v1"]["safety"]["value"] == 0.0 and ua["worst"]["wrapper"] == "leetspeak_v1"
+    assert ua["mean"]["safety"]["k"] == 3 and ua["mean"]["safety"]["n"] == 6
+    redo = json.load(open(again["report"]["json"]))["models"]["api"]
+    assert redo["capability"]["run"]["resumed"] == 18 and redo["under_attack"]["evaluation"]["reused"] == 12

@@ -287,11 +287,13 @@ def _scored_blocks(todo: pa.Table, cfg: "PipelineConfig", model: "BenchModelConf
     ds = ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=bs, concurrency=cfg.bench.replicas,
                         batch_format="pyarrow", **resources)
     for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        if model.engine == "openai":
-            preds = [None if e else parse_letter(a) for a, e in zip(block["answer"].to_pylist(),
-                                                                       block["error"].to_pylist())]
-            block = block.append_column("pred", pa.array(preds, pa.int64()))
-        yield block
+        yield letter_preds(block) if model.engine == "openai" else block
+
+
+def letter_preds(block: pa.Table) -> pa.Table:
+    """An API model's answered block with `pred`: the option its reply names (None: no letter, or an error)."""
+    preds = [None if e else parse_letter(a) for a, e in zip(block["answer"].to_pylist(), block["error"].to_pylist())]
+    return block.append_column("pred", pa.array(preds, pa.int64()))
 
 
 _KEEP = ("id", "qtype", "class", "category", "split", "compound_id", "answer_idx", "pred", "option_logprobs",
