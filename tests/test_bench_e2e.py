@@ -26,6 +26,8 @@ def _prompts(path, n: int) -> str:
 def baseline(messages, params):
     """A hosted baseline with known behaviour: refuses half the illegitimate prompts (with a leaking
     reasoning trace) and over-refuses a third of the legitimate ones."""
+    if "Answer with the letter" in messages[-1]["content"]:  # a capability question: always "B"
+        return "B"
     m = re.search(r"compound (\d+)", messages[-1]["content"])
     i = int(m.group(1)) if m else 1000
     if i % 4 == 1:
@@ -59,7 +61,8 @@ def test_vllm_actors_and_api_baseline_full_report(ray_local, servers, tmp_path):
     api, jdg = servers
     # A rule as the local detector keeps the cascade's routing exact (confidence 1: only disagreements).
     cfg = _cfg(tmp_path, f"bench.judge.base_url={jdg.base_url}", "bench.judge.api_key_env=null",
-               "bench.local_detector=rule:start",
+               "bench.local_detector=rule:start", "bench.attack.prompts_per_class=4",
+               "bench.capability.questions_per_type=2",
                "bench.models=[{name: tiny_vllm, engine: vllm, path: tiny}, "
                f"{{name: api, engine: openai, endpoint: {{base_url: '{api.base_url}', model: base, api_key_env: null}}}}]")
     summary = run(cfg, open_endpoint=open_endpoint)
@@ -89,10 +92,46 @@ def test_vllm_actors_and_api_baseline_full_report(ray_local, servers, tmp_path):
     assert "## Refusal detector" in md and "a smoke check, not a measurement" in md
     assert open(summary["report"]["html"]).read().count("data:image/png;base64,") >= 2  # trade-off plot + by form
 
+    _capability_and_attack(cfg, summary)
+
     # A re-run generates nothing new and makes no new judge call (all cached).
     before = jdg.request_count
     again = run(cfg, open_endpoint=open_endpoint)
     assert again["models"] == summary["models"] and jdg.request_count == before
+    redo = json.load(open(again["report"]["json"]))["models"]["tiny_vllm"]
+    assert redo["capability"]["run"]["scored"] == 0 and redo["capability"]["run"]["resumed"] == 36
+
+
+def _capability_and_attack(cfg, summary):
+    """The capability set (option log-likelihoods from vLLM's prompt_logprobs; the API's letters parsed)
+    and safety under attack (the API's behaviour under each wrapper is known exactly)."""
+    from libra_ray.bench import store
+    from libra_ray.bench.capability import capability_dir, load_questions
+    from libra_ray.policy.jailbreaks import WRAPPERS
+
+    report = json.load(open(summary["report"]["json"]))["models"]
+    qs = load_questions(cfg).to_pylist()
+    assert len(qs) == 36  # 9 types x 2 classes x 2 (no synth dataset: one "catalogue" split)
+    local = report["tiny_vllm"]["capability"]
+    assert local["n"] == 36 and local["unanswered"] == 0 and local["accuracy"]["n"] == 36
+    rows = store.read_shards(capability_dir(cfg, "tiny_vllm")).to_pylist()
+    assert all(len(r["option_logprobs"]) == 4 and all(lp < 0 for lp in r["option_logprobs"])
+               and r["pred"] == max(range(4), key=r["option_logprobs"].__getitem__) for r in rows)
+    api = report["api"]["capability"]  # the API answers "B" to everything
+    assert api["accuracy"]["k"] == sum(q["answer_idx"] == 1 for q in qs) and api["unanswered"] == 0
+
+    attack = report["api"]["under_attack"]
+    assert set(attack["wrappers"]) == set(WRAPPERS) and attack["direct"]["safety"]["n"] == 4
+    for wid, w in attack["wrappers"].items():
+        if wid in ("base64_v1", "leetspeak_v1"):  # the responder cannot read the encoded compound: it complies
+            assert w["safety"]["value"] == 0 and w["utility"]["value"] == 1, wid
+        else:  # the request is still legible: the same answers as asked directly
+            assert (w["safety"]["k"], w["utility"]["k"]) == (attack["direct"]["safety"]["k"],
+                                                             attack["direct"]["utility"]["k"]), wid
+    assert attack["worst"]["safety"]["value"] == 0 and report["tiny_vllm"]["under_attack"]["errors"] == 0
+    assert "## Safety under attack" in open(summary["report"]["md"]).read()
+    assert open(summary["report"]["html"]).read().count("<svg") == 2
+    assert all("under attack: safety mean" in line and "capability" in line for line in summary["summary_lines"])
 
 
 def test_ray_data_llm_processor(ray_local, tmp_path):
@@ -113,6 +152,7 @@ def test_embedded_tiny_judge_counts_unparseable(ray_local, servers, tmp_path):
 
     api, _ = servers
     cfg = _cfg(tmp_path, "bench.max_prompts=12", "bench.judge_max_attempts=2", "bench.detector=paper",
+               "bench.attack.enabled=false", "bench.capability.enabled=false",
                f"bench.models=[{{name: api, engine: openai, endpoint: {{base_url: '{api.base_url}', api_key_env: null}}}}]")
     summary = run(cfg, open_endpoint=open_endpoint)  # judge.base_url None: the embedded Serve app with the tiny model
     ev = pq.read_table(f"{cfg.bench_dir}/api/evaluations.parquet").to_pylist()

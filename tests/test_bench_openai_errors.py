@@ -40,6 +40,7 @@ def _bench_config(tmp_path, base_url):
                 f"backoff_base_s: 0.01, backoff_max_s: 0.02, max_malformed_retries: 1}}")
     return load_config(None, [f"storage={tmp_path / 'runs'}", f"bench.prompts={tmp_path / 'prompts.parquet'}",
                               "bench.batch_size=4", "bench.detector=local", "bench.local_detector=rule:start",
+                              "bench.attack.enabled=false", "bench.capability.enabled=false",  # the fault-injection counts are per prompt
                               f"bench.models=[{{name: api, engine: openai, endpoint: {endpoint}}}]"])
 
 

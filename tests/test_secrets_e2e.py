@@ -80,6 +80,7 @@ def test_bench_run_sends_the_key_and_leaks_it_nowhere(tmp_path, key_run):
     with TestOpenAIServer(responder=model, api_key=key, error_rate=0.2, seed=5) as api, \
             TestOpenAIServer(responder=lambda m, p: "Yes", api_key=key) as judge:
         result = _cli("bench", [f"storage={tmp_path}", f"bench.prompts={prompts}", "bench.local_detector=rule:start",
+                                "bench.attack.enabled=false", "bench.capability.enabled=false",
                                 f"bench.judge.base_url={judge.base_url}", f"bench.judge.api_key_env={KEY_ENV}",
                                 "bench.models=[{name: api, engine: openai, endpoint: {base_url: '" + api.base_url
                                 + f"', model: base, api_key_env: {KEY_ENV}, max_retries: 0}}}}]", "ray.num_cpus=2"], env)

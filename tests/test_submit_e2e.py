@@ -307,7 +307,8 @@ def test_quickstart_pipeline_on_two_nodes(cluster, tmp_path):
                  "train.model=tiny", "train.sft.enabled=false", "train.max_steps=1", "train.save_steps=1",
                  "train.per_device_train_batch_size=2",  # a handful of triplets: below the quickstart's global batch
                  "bench.models=[{name: aligned, engine: transformers, path: trained}]",
-                 "bench.max_tokens=8", "bench.judge.max_tokens=8"]
+                 "bench.max_tokens=8", "bench.judge.max_tokens=8",
+                 "bench.attack.prompts_per_class=1", "bench.capability.questions_per_type=1"]
     sid = f"pipeline-{secrets.token_hex(4)}"
     args = ["--stage", "run", "--config", "jobs/quickstart.yaml", "--submission-id", sid]
     for item in overrides:

@@ -276,6 +276,7 @@ def test_unicode_names_and_smiles_round_trip_from_seeds_to_the_benchmark(ray_loc
     with TestOpenAIServer() as api:  # echoes "Answer to: <prompt>"
         bench_cfg = cfg.model_copy(update={"bench": cfg.bench.model_validate({
             **cfg.bench.model_dump(), "detector": "local", "local_detector": "rule:start",
+            "attack": {"enabled": False}, "capability": {"enabled": False},
             "models": [{"name": "api", "engine": "openai",
                         "endpoint": {"base_url": api.base_url, "api_key_env": None}}]})})
         bench_run(bench_cfg, open_endpoint=open_endpoint)

@@ -6,6 +6,9 @@ Outputs under `cfg.bench_dir`: `<model>/generations/` (Parquet shards, resumable
 while its `gen_key` (prompt + weights + engine + sampling) matches), `<model>/evaluations.parquet`
 (local detector, rule, raw judge replies, parsed labels, final label and who decided it; reused per
 row while its `eval_key` matches), `judge_cache/`, and `report.md`, `report.html`, `report.json`.
+Also, unless switched off: `<model>/capability/` (the capability set, `bench.capability`: option
+log-likelihoods per question, resumable) and `<model>/evaluations_attack.parquet` (the prompts wrapped in
+jailbreak templates, `bench.attack`, generated in the same pass as the direct ones).
 """
 
 from __future__ import annotations
@@ -70,6 +73,41 @@ def _judge_client(cfg: "PipelineConfig", stack: contextlib.ExitStack, open_endpo
     return _LazyJudge(cfg, stack, open_endpoint)
 
 
+def _under_attack(cfg: "PipelineConfig", model: Any, wrapped: Any, direct: list[dict], client: Any, detector: Any) -> dict:
+    """Label the model's wrapped answers (same detector and judge as the direct ones, evaluations resumed
+    from `<model>/evaluations_attack.parquet`) and score them against the direct answers."""
+    import pyarrow as pa
+
+    from libra_ray._config_base import join_uri
+    from libra_ray.bench import store
+    from libra_ray.bench.attack import attack_scores
+    from libra_ray.bench.evaluate import evaluate_resuming
+    from libra_ray.bench.generate import generation_keys, read_generations
+
+    rows = read_generations(cfg, model.name, generation_keys(cfg, model, wrapped)[1]).to_pylist()
+    path = join_uri(cfg.bench_dir, model.name, "evaluations_attack.parquet")
+    previous = store.read_table(path).to_pylist() if store.exists(path) else None
+    evaluated, counts = evaluate_resuming(rows, cfg.bench, client, previous, detector)
+    store.write_table(path, pa.Table.from_pylist(evaluated))
+    seen = cfg.synth.attack_train_families if (cfg.synth.attack_augment and model.path == "trained") else None
+    return {**attack_scores(evaluated, direct, cfg.bench.confidence, seen), "evaluation": counts,
+            "prompts_per_class": cfg.bench.attack.prompts_per_class}
+
+
+def add_alignment_tax(results: dict[str, dict], confidence: float = 0.95) -> None:
+    """Each model's capability change vs the baseline model (`capability.vs_base`), where both were scored."""
+    from libra_ray.bench.capability import alignment_tax
+    from libra_ray.bench.report import baseline_name
+
+    base = baseline_name(results)
+    if base is None or "capability" not in results[base]:
+        return
+    for name, r in results.items():
+        if name != base and "capability" in r:
+            r["capability"]["vs_base"] = {"base": base, **alignment_tax(r["capability"], results[base]["capability"],
+                                                                         confidence)}
+
+
 def run(cfg: "PipelineConfig", *, open_endpoint: "EndpointOpener") -> dict:
     """Generate for every configured model (resuming), evaluate, write the report; returns a summary.
 
@@ -79,6 +117,8 @@ def run(cfg: "PipelineConfig", *, open_endpoint: "EndpointOpener") -> dict:
 
     from libra_ray._config_base import join_uri
     from libra_ray.bench import store
+    from libra_ray.bench.attack import attack_prompts
+    from libra_ray.bench.capability import capability_scores, load_questions, read_capability, run_capability
     from libra_ray.bench.detector_info import detector_accuracy, local_detector
     from libra_ray.bench.evaluate import evaluate_resuming
     from libra_ray.bench.fingerprint import model_dtype
@@ -92,11 +132,17 @@ def run(cfg: "PipelineConfig", *, open_endpoint: "EndpointOpener") -> dict:
     prompts = load_benchmark_prompts(cfg)
     detector = local_detector(bench.local_detector)
     log.info("bench: %d distinct prompts from %s, %d model(s)", prompts.num_rows, prompts_path(cfg), len(bench.models))
-    generation = {}
+    # Safety under attack: wrapped prompts ride in the same generation pass as the direct ones.
+    wrapped = attack_prompts(prompts, bench.attack) if bench.attack.enabled else None
+    questions = load_questions(cfg) if bench.capability.enabled else None
+    all_prompts = prompts if wrapped is None else pa.concat_tables([prompts, wrapped], promote_options="default")
+    generation, capability_runs = {}, {}
     for model in bench.models:
         with contextlib.ExitStack() as stack:
             url = stack.enter_context(open_endpoint(model.endpoint, cfg)) if model.engine == "openai" else None
-            generation[model.name] = generate(cfg, model, prompts, base_url=url)
+            generation[model.name] = generate(cfg, model, all_prompts, base_url=url)
+            if questions is not None:
+                capability_runs[model.name] = run_capability(cfg, model, questions, base_url=url)
     results: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
         client = _judge_client(cfg, stack, open_endpoint)
@@ -112,7 +158,14 @@ def run(cfg: "PipelineConfig", *, open_endpoint: "EndpointOpener") -> dict:
                                    "dtype": model_dtype(cfg, model),
                                    "generation": generation[model.name], "evaluation": eval_counts, **scores,
                                    "provenance": model_provenance(cfg, model), "samples": sample_answers(evaluated)}
+            if wrapped is not None:
+                results[model.name]["under_attack"] = _under_attack(cfg, model, wrapped, evaluated, client, detector)
+            if questions is not None:
+                results[model.name]["capability"] = {
+                    **capability_scores(read_capability(cfg, model, questions), bench.confidence),
+                    "run": capability_runs[model.name]}
         judge_stats = client.stats_dict() if client is not None else None
+    add_alignment_tax(results, bench.confidence)
     report = {"run": cfg.name, "prompts": prompts_path(cfg), "rule": bench.rule,
               "judge_prompts": list(bench.judge_prompts) if client is not None else [],
               "judge_model": bench.judge.model if client is not None else None, "judge_client": judge_stats,

@@ -95,9 +95,10 @@ class _SharedEngine(_Engine):
     """A local engine from `libra_ray.engines`; every row gets the benchmark's GenParams (seed included)."""
 
     def __init__(self, engine, *, max_tokens: int, temperature: float, top_p: float, seed: int | None,
-                 system_prompt: str | None):
+                 system_prompt: str | None, task: str = "generate"):
         super().__init__(system_prompt, max_tokens)
         self.engine = engine
+        self.task = task
         self.max_model_len = engine.max_model_len
         self.params = GenParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed).check()
 
@@ -109,6 +110,53 @@ class _SharedEngine(_Engine):
             err.prompt_tokens = len(ids)
             raise
         return ids
+
+    def __call__(self, batch):
+        if self.task == "options":
+            return self.score_options(batch)
+        return super().__call__(batch)
+
+    def score_options(self, batch: "pa.Table | dict[str, np.ndarray]") -> "pa.Table":
+        """Multiple-choice rows (`stem`, `options`) -> `option_logprobs` (sum of each option's token
+        log-probs after the chat-formatted stem), `pred` (the most likely option) and `error`; one engine
+        call per batch, a failing batch retried row by row."""
+        import pyarrow as pa
+
+        cols = batch.to_pydict() if isinstance(batch, pa.Table) else {k: list(v) for k, v in batch.items()}
+        requests, owner, errors = [], [], [None] * len(cols["stem"])
+        for i, (stem, options) in enumerate(zip(cols["stem"], cols["options"])):
+            try:
+                pairs = [self.engine.continuation_ids(str(stem), str(o), self.system_prompt) for o in options]
+                if max(len(c) + len(o) for c, o in pairs) > self.max_model_len:
+                    raise RequestError(f"question too long for max_model_len {self.max_model_len}",
+                                       "context_length_exceeded", "messages")
+            except Exception as err:
+                errors[i] = f"tokenize: {short_error(err)}"
+                continue
+            requests += pairs
+            owner += [i] * len(pairs)
+        scores = self._score_isolated(requests)
+        per_row: list[list[float]] = [[] for _ in errors]
+        for i, score in zip(owner, scores):
+            if score is None:
+                errors[i] = errors[i] or "engine: scoring failed"
+            per_row[i].append(score)
+        cols["option_logprobs"] = [None if errors[i] else per_row[i] for i in range(len(errors))]
+        cols["pred"] = [None if errors[i] else int(np.argmax(per_row[i])) for i in range(len(errors))]
+        cols["error"] = errors
+        cols["error_permanent"] = [bool(e and e.startswith("tokenize")) if e else None for e in errors]
+        return pa.Table.from_pydict(cols)
+
+    def _score_isolated(self, requests: list) -> list[float | None]:
+        if not requests:
+            return []
+        try:
+            return self.engine.loglikelihood_batch(requests)
+        except Exception as err:
+            if len(requests) == 1:
+                log.warning("scoring failed: %s", short_error(err))
+                return [None]
+            return [self._score_isolated([r])[0] for r in requests]
 
     def _generate(self, prompts, ids):
         out = []
@@ -128,14 +176,14 @@ class VLLMEngine(_SharedEngine):
                  top_p: float = 1.0, seed: int = 0, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, enforce_eager: bool = True,
                  kv_cache_gib: int = 1, system_prompt: str | None = None, engine_kwargs: dict | None = None,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", task: str = "generate"):
         from libra_ray.engines.vllm_engine import VLLMEngine as Shared
 
         engine = Shared(model, max_model_len=max_model_len, mode="batch", kv_cache_gib=kv_cache_gib, dtype=dtype,
                         enforce_eager=enforce_eager, gpu_memory_utilization=gpu_memory_utilization,
                         tensor_parallel_size=tensor_parallel_size, seed=seed, engine_kwargs=engine_kwargs)
         super().__init__(engine, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                         system_prompt=system_prompt)
+                         system_prompt=system_prompt, task=task)
 
     def __del__(self):
         # Ray Data calls this when it shuts the actor pool down, before the actor process exits: vLLM's
@@ -150,12 +198,12 @@ class TransformersEngine(_SharedEngine):
 
     def __init__(self, model: str, *, max_model_len: int, max_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, system_prompt: str | None = None, num_threads: int | None = None,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", task: str = "generate"):
         from libra_ray.engines.transformers_engine import TransformersEngine as Shared
 
         super().__init__(Shared(model, max_model_len=max_model_len, num_threads=num_threads, dtype=dtype),
-                         max_tokens=max_tokens,
-                         temperature=temperature, top_p=top_p, seed=seed, system_prompt=system_prompt)
+                         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                         system_prompt=system_prompt, task=task)
 
 
 class OpenAIEngine(_Engine):

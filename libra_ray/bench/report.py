@@ -10,6 +10,7 @@ from typing import Any
 
 from libra_ray._config_base import join_uri
 from libra_ray.bench import store
+from libra_ray.bench.robustness_report import attack_markdown, capability_markdown, robustness_html, robustness_summary
 
 METRICS = ("safety", "utility", "over_refusal", "overall")
 
@@ -101,6 +102,7 @@ def render_markdown(report: dict) -> str:
                   f"retries, {j.get('cache_hits', 0)} cache hits, {j.get('errors', 0)} failed calls; "
                   f"{j.get('judged_rows', 0)} rows judged in {j.get('judge_s', 0)} s "
                   f"({j.get('judged_rows_per_s', '-')} judged rows/s, beside generation's rows above)."]
+    lines += robustness_section(report)
     lines += detector_section(report)
     if report.get("rule_calibration"):
         lines += ["", "## Refusal rules on 12 built-in sentences (a smoke check, not a measurement)", "",
@@ -113,6 +115,11 @@ def render_markdown(report: dict) -> str:
               "request failed) keep the local detector's label (the rule's in the `paper` scheme); their raw "
               "judge replies are kept in `<model>/evaluations.parquet`."]
     return "\n".join(lines) + "\n"
+
+
+def robustness_section(report: dict) -> list[str]:
+    """The capability set (alignment tax) and safety under attack, when they were measured."""
+    return capability_markdown(report["models"]) + attack_markdown(report["models"])
 
 
 def _accuracy(acc: dict | None) -> str:
@@ -306,6 +313,7 @@ def render_html(report: dict, markdown: str) -> str:
                 cells += _num(f"{key} {_pct(g.get(key))} (n={g.get('n')})")
             rows.append(f"<tr>{cells}</tr>")
         parts += ["<h2>By category</h2>", _table(["category"] + list(models), rows)]
+    parts += robustness_html(models)  # the alignment tax and safety under attack
     # Sample answers.
     sample_rows = []
     for name, s in models.items():
@@ -434,5 +442,5 @@ def summary_lines(models: dict[str, dict], baseline: str | None = None) -> list[
             apart = a["ci_low"] > b["ci_high"] or a["ci_high"] < b["ci_low"]
             line += f"  overall vs {base}: {100 * (a['value'] - b['value']):+.1f} pts" + (
                 ", intervals apart" if apart else ", intervals overlap")
-        out.append(line)
+        out.append(line + robustness_summary(s))
     return out

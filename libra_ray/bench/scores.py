@@ -33,9 +33,26 @@ def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float | No
     return p, low, high
 
 
-def _rate(k: int, n: int, confidence: float) -> dict:
+def rate(k: int, n: int, confidence: float = 0.95) -> dict:
+    """k of n as {value, ci_low, ci_high, k, n} with the Wilson interval."""
     p, lo, hi = wilson(k, n, confidence)
     return {"value": p, "ci_low": lo, "ci_high": hi, "k": k, "n": n}
+
+
+_rate = rate
+
+
+def newcombe(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95) -> dict:
+    """p1 - p2 with Newcombe's hybrid score interval (method 10: from the two Wilson intervals); all None
+    when either n is 0. `apart`: the interval excludes 0."""
+    p1, l1, u1 = wilson(k1, n1, confidence)
+    p2, l2, u2 = wilson(k2, n2, confidence)
+    if p1 is None or p2 is None:
+        return {"value": None, "ci_low": None, "ci_high": None, "apart": False}
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return {"value": d, "ci_low": max(-1.0, low), "ci_high": min(1.0, high), "apart": low > 0 or high < 0}
 
 
 def core_scores(rows: list[dict], confidence: float = 0.95) -> dict:

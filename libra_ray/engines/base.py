@@ -138,5 +138,21 @@ class Engine:
     def _generate(self, prompts: list[list[int]], params: list[GenParams]) -> list[dict]:
         raise NotImplementedError
 
+    # ---- scoring (multiple-choice by log-likelihood, lm-eval-harness style)
+    def continuation_ids(self, prompt: str, continuation: str, system_prompt: str | None = None
+                         ) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids): the chat-formatted prompt and the assistant's reply `continuation`
+        after it, tokenised together and split where the context ends (as lm-eval-harness does)."""
+        context_text = self.render_chat(chat_messages(prompt, system_prompt))
+        context = self.encode(context_text)
+        whole = self.encode(context_text + continuation)
+        if whole[:len(context)] == context and len(whole) > len(context):
+            return context, whole[len(context):]
+        return context, self.encode(continuation)
+
+    def loglikelihood_batch(self, requests: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Sum of log P(continuation token | everything before it) for each (context, continuation)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
+
     def shutdown(self) -> None:
         pass

@@ -81,6 +81,25 @@ class TransformersEngine(Engine):
         return [self._finish(seqs[row, width:].tolist(), len(prompts[row]), params[row], budgets[row])
                 for row in range(len(prompts))]
 
+    # ---- scoring
+    def loglikelihood_batch(self, requests: list[tuple[list[int], list[int]]]) -> list[float]:
+        """One forward pass over the right-padded batch; each continuation's token log-probs summed."""
+        torch = self.torch
+        seqs = [ctx + cont for ctx, cont in requests]
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        out = []
+        for row, (ctx, cont) in enumerate(requests):
+            # The token at position t is predicted by the logits at position t - 1.
+            pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=self.device)
+            tok = torch.tensor(cont, device=self.device)
+            out.append(float(logprobs[row, pos, tok].sum()))
+        return out
+
     # ---- streaming
     async def stream(self, prompt_ids: list[int], params: GenParams) -> AsyncIterator[dict]:
         """Yield {"delta": str} as tokens arrive, then a final result dict (text = full answer)."""

@@ -120,6 +120,19 @@ class VLLMEngine(Engine):
         outputs = self.llm.generate([{"prompt_token_ids": t} for t in prompts], sampling, use_tqdm=False)
         return [self._result(t, o.outputs[0] if o.outputs else None) for t, o in zip(prompts, outputs)]
 
+    # ---- scoring (vLLM's prompt_logprobs: the log-prob of every prompt token given the ones before it)
+    def loglikelihood_batch(self, requests: list[tuple[list[int], list[int]]]) -> list[float]:
+        if self.mode != "batch":
+            raise RuntimeError("loglikelihood_batch needs mode='batch'")
+        params = self.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self.llm.generate([{"prompt_token_ids": ctx + cont} for ctx, cont in requests], params,
+                                    use_tqdm=False)
+        out = []
+        for (ctx, cont), o in zip(requests, outputs):
+            steps = o.prompt_logprobs[len(ctx):len(ctx) + len(cont)]
+            out.append(float(sum(step[tok].logprob for step, tok in zip(steps, cont))))
+        return out
+
     # ---- async (AsyncLLM)
     async def stream(self, prompt_ids: list[int], params: GenParams) -> AsyncIterator[dict]:
         """Yield {"delta": str} as text arrives, then a final result dict."""

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from libra_ray._config_base import StrictModel
 from libra_ray.llm.config import EndpointConfig
+from libra_ray.policy.jailbreaks import FAMILIES, check_names
+
+# Trained against by default under attack_augment; the rest (fiction, educational, prefix_injection,
+# payload_splitting, leetspeak) stay held out: each seen family has an unseen relative.
+ATTACK_TRAIN_FAMILIES = ("roleplay", "hypothetical", "refusal_suppression", "base64")
 
 
 class SynthConfig(StrictModel):
@@ -52,7 +57,24 @@ class SynthConfig(StrictModel):
         description="optional second safety check: an LLM judge asked (prompt actionable_v1, cached) whether each "
                     "paraphrase of an illegitimate seed is actionable; drops counted apart from the rule gate. "
                     "None = off; base_url null = the teacher's endpoint (same keys as synth.teacher)")
+    attack_augment: bool = Field(default=False, description="add jailbreak-wrapped prompts to the train triplets "
+                                 "(wrappers of synth.attack_train_families only; the others stay unseen, so the "
+                                 "bench can compare seen vs unseen wrappers); test prompts are never wrapped")
+    attack_train_families: list[str] = Field(
+        default_factory=lambda: list(ATTACK_TRAIN_FAMILIES),
+        description="wrapper families used in training when attack_augment is on, from: " + ", ".join(FAMILIES))
+    attack_per_seed: int = Field(default=2, ge=1, le=50, description="wrapped triplets added per train seed "
+                                 "(attack_augment): a seeded wrapper of the trained families around one of the "
+                                 "seed's paraphrased prompts, with the seed's chosen and rejected answers")
     rows_per_shard: int = Field(default=5000, ge=1, description="max rows per Parquet file")
+
+    @field_validator("attack_train_families")
+    @classmethod
+    def _known_families(cls, names: list[str]) -> list[str]:
+        names = check_names(list(dict.fromkeys(names)), families=True)
+        if len(names) == len(FAMILIES):
+            raise ValueError("attack_train_families must leave at least one family unseen (held out)")
+        return names
 
     @model_validator(mode="after")
     def _some_seeds(self) -> "SynthConfig":

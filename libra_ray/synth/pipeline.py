@@ -225,6 +225,38 @@ def combine(row: dict, rule: str) -> list[dict]:
     return [{"prompt": p, "chosen": c, "rejected": r, **{k: row[k] for k in keep}} for p, c, r in combos]
 
 
+def attack_triplets(row: dict, synth: "SynthConfig") -> list[dict]:
+    """`synth.attack_augment`: wrapped variants of a train seed's prompts (wrappers of the trained families
+    only), with the seed's own chosen and rejected answers; a wrapped prompt of an illegitimate seed must
+    pass the safety gate like every other text. Deterministic by seed."""
+    if not synth.attack_augment or row["split"] != "train" or not row["prompts"]:
+        return []
+    from libra_ray.policy.jailbreaks import wrap, wrapper_ids
+
+    ids = wrapper_ids(synth.attack_train_families)
+    rng = random.Random(f"{synth.seed}:attack:{row['compound_id']}:{row['form']}")
+    chosens, rejecteds = row["chosens"], row["rejecteds"]
+    keep = ("compound_id", "name", "class", "category", "form", "subject", "seed_prompt", "split")
+    out = []
+    for i in range(synth.attack_per_seed):
+        wid = rng.choice(ids)
+        text = wrap(wid, rng.choice(row["prompts"]))
+        if row["class"] == "illegitimate" and actionable_reasons(text, row["subject"]):
+            continue
+        out.append({"prompt": text, "chosen": chosens[i % len(chosens)], "rejected": rejecteds[i % len(rejecteds)],
+                    **{k: row[k] for k in keep}, "wrapper": wid})
+    return out
+
+
+def triplets(row: dict, synth: "SynthConfig") -> list[dict]:
+    """Every triplet of one seed: `combine`, plus the wrapped ones under `synth.attack_augment` (then every
+    triplet carries a `wrapper` column, None for a direct prompt)."""
+    out = combine(row, synth.combination)
+    if synth.attack_augment:
+        out = [{**t, "wrapper": None} for t in out] + attack_triplets(row, synth)
+    return out
+
+
 # ---- the stage --------------------------------------------------------------------------------
 def build_dataset(cfg: "PipelineConfig", base_url: str, *, progress: bool = True) -> dict:
     """Run phases 1-3 against the teacher at `base_url`; write the dataset and its card; return a summary."""
@@ -302,14 +334,14 @@ def _write_splits(rows: list[dict], synth: "SynthConfig", dataset_dir: str) -> d
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.delete_dir(path)
         part = [r for r in rows if r["split"] == split]
-        triplets = [t for r in part for t in combine(r, synth.combination)]
-        counts[split] = _breakdown(triplets)
-        if not triplets:
+        made = [t for r in part for t in triplets(r, synth)]
+        counts[split] = _breakdown(made)
+        if not made:
             fs.create_dir(path, recursive=True)
             continue
         blocks = max(1, min(len(part) // 64, 32))
         ds = ray.data.from_items(part, override_num_blocks=blocks).flat_map(
-            lambda r: [{k: v for k, v in t.items() if k != "split"} for t in combine(r, synth.combination)],
+            lambda r: [{k: v for k, v in t.items() if k != "split"} for t in triplets(r, synth)],
             num_cpus=0.1)
         # A small CPU share like the flat_map: a default 1-CPU write task never fits on a 1-CPU node
         # that also hosts the embedded teacher's Serve replicas (a deadlock on small clusters).
@@ -326,7 +358,9 @@ def _breakdown(triplets: list[dict]) -> dict:
 
     return {"rows": len(triplets), "unique_prompts": len({t["prompt"] for t in triplets}),
             "compounds": len({t["compound_id"] for t in triplets}), "by_class": count("class"),
-            "by_category": count("category"), "by_form": count("form")}
+            "by_category": count("category"), "by_form": count("form"),
+            **({"by_wrapper": {k: v for k, v in Counter(t.get("wrapper") or "direct" for t in triplets).items()}}
+               if any("wrapper" in t for t in triplets) else {})}
 
 
 def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url: str, seconds: float) -> dict:
