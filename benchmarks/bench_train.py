@@ -6,9 +6,12 @@ vs plain TRL in a single process on the same data, same per-device batch and sam
         --precision bf16 --max-length 512 --steps 20                # same script on a GPU node
     python -m benchmarks.bench_train --smoke                        # 2 steps, ZeRO-2: does it still run?
 
-Reports per mode: s/step (whole train loop incl. the end-of-run save, first step warm-up included),
-samples/s and tokens/s in total and per worker (tokens = non-padding tokens counted by TRL), peak RSS
-and peak GPU memory of the largest worker. Prints a Markdown table; writes benchmarks/results/train.json.
+Reports per mode the steady state (libra_ray/train/metrics.py): median s/step and median tokens/s over the
+steps after the first 3, checkpoint saves excluded (tokens = non-padding tokens counted by TRL, all
+workers), samples/s and tokens/s per worker from those, MFU (tokens/s x k·N / (workers x peak FLOP/s);
+k = 8 for DPO with a reference forward, N = linear weights incl. lm_head; null on CPU unless --peak-flops),
+the mean s/step of the whole loop (warm-up and saves included, for comparison), peak RSS and peak GPU
+memory of the largest worker. Prints a Markdown table; writes benchmarks/results/train.json.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def overrides(args, storage: str, dataset: Path, mode: str) -> list[str]:
         f"train.precision={args.precision}", f"train.use_gpu={str(args.use_gpu).lower()}",
         f"train.num_cpus={args.cpus_per_worker}", f"train.lora.enabled={str(args.lora).lower()}",
         f"train.deepspeed={'null' if mode == 'none' else mode}", "train.max_failures=0",
-    ]
+    ] + ([f"train.peak_flops={args.peak_flops}"] if args.peak_flops else [])
 
 
 def plain_trl(args, dataset: Path) -> dict:
@@ -67,7 +70,8 @@ def plain_trl(args, dataset: Path) -> dict:
     from libra_ray.config import load_config
     from libra_ray.tiny import resolve_model
     from libra_ray.train.data import read_train_table, to_conversational
-    from libra_ray.train.worker import _quiet, _trainer_args
+    from libra_ray.train.metrics import mfu
+    from libra_ray.train.worker import _make_report_callback, _model_figures, _quiet, _trainer_args
 
     _quiet()
     cfg = load_config(None, overrides(args, tempfile.mkdtemp(), dataset, "none"))
@@ -75,9 +79,11 @@ def plain_trl(args, dataset: Path) -> dict:
     torch.set_num_threads(max(1, int(args.cpus_per_worker)))
     model = resolve_model(cfg.train.model, cfg)
     stage = {"learning_rate": cfg.train.learning_rate, "max_steps": args.steps, "deepspeed": None}
-    targs = _trainer_args("dpo", cfg.train.model_dump(mode="json"), stage, tempfile.mkdtemp(), on_gpu)
-    targs.model_init_kwargs = {"dtype": {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]}
+    t = cfg.train.model_dump(mode="json")
+    targs = _trainer_args("dpo", t, stage, tempfile.mkdtemp(), on_gpu)  # same weights dtype as the Ray runs
     targs.save_strategy = "no"
+    figures = _model_figures("dpo", t, model, on_gpu, 1)
+    callback = _make_report_callback("dpo", 0, 0, None, figures)  # the same step clock as the Ray workers
     peft = None
     if args.lora:
         from peft import LoraConfig
@@ -85,15 +91,19 @@ def plain_trl(args, dataset: Path) -> dict:
         peft = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     tok = AutoTokenizer.from_pretrained(model)
     trainer = DPOTrainer(model=model, args=targs, train_dataset=to_conversational(read_train_table(str(dataset)), "dpo"),
-                         processing_class=tok, peft_config=peft)
+                         processing_class=tok, peft_config=peft, callbacks=[callback])
     start = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - start
     tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    timer = callback.timer.figures()
     return {"mode": "plain TRL (1 process)", "workers": 1, "steps": trainer.state.global_step,
             "train_seconds": elapsed, "num_tokens": tokens[-1] if tokens else None,
+            "sec_per_step": timer["steady_sec_per_step"], "tokens_per_s": timer["steady_tokens_per_s"],
+            "steady_steps": timer["steady_steps"],
+            "mfu": mfu(timer["steady_tokens_per_s"], figures["flops_per_token"], 1, figures["peak_flops"]),
             "peak_rss_gib_max_worker": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "peak_gpu_mem_gib_max_worker": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0}
+            "peak_gpu_mem_gib_max_worker": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None}
 
 
 def ray_modes(args, dataset: Path) -> list[dict]:
@@ -114,23 +124,30 @@ def ray_modes(args, dataset: Path) -> list[dict]:
 
 
 def rates(row: dict, per_device_batch: int) -> dict:
+    """Per-worker figures from the steady state (the summary's medians), plus the whole-loop mean s/step."""
     steps = row.get("steps_this_attempt") or row["steps"]
-    sec_per_step = row["train_seconds"] / steps
-    samples = steps * per_device_batch * row["workers"]
-    return {**row, "sec_per_step": sec_per_step, "samples_per_s": samples / row["train_seconds"],
-            "samples_per_s_per_worker": samples / row["train_seconds"] / row["workers"],
-            "tokens_per_s_per_worker": (row["num_tokens"] or 0) / row["train_seconds"] / row["workers"]}
+    sec_per_step = row.get("sec_per_step") or row["train_seconds"] / steps
+    samples_per_s = per_device_batch * row["workers"] / sec_per_step
+    return {**row, "sec_per_step": sec_per_step, "mean_sec_per_step_incl_warmup_and_saves": row["train_seconds"] / steps,
+            "samples_per_s": samples_per_s, "samples_per_s_per_worker": samples_per_s / row["workers"],
+            "tokens_per_s_per_worker": (row.get("tokens_per_s") or 0) / row["workers"]}
+
+
+def _f(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
 
 
 def table(rows: list[dict]) -> str:
     base = rows[0]
-    lines = ["| mode | workers | s/step | samples/s | samples/s/worker | tokens/s/worker | peak RSS/worker GiB"
-             " | peak GPU/worker GiB | samples/s vs plain TRL | per-worker vs plain TRL |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| mode | workers | steady s/step | mean s/step (all) | samples/s | samples/s/worker | tokens/s/worker | MFU"
+             " | peak RSS/worker GiB | peak GPU/worker GiB | samples/s vs plain TRL | per-worker vs plain TRL |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['workers']} | {r['sec_per_step']:.3f} | {r['samples_per_s']:.1f} | "
+        lines.append(f"| {r['mode']} | {r['workers']} | {r['sec_per_step']:.3f} | "
+                     f"{r['mean_sec_per_step_incl_warmup_and_saves']:.3f} | {r['samples_per_s']:.1f} | "
                      f"{r['samples_per_s_per_worker']:.1f} | {r['tokens_per_s_per_worker']:,.0f} | "
-                     f"{r['peak_rss_gib_max_worker']:.2f} | {r['peak_gpu_mem_gib_max_worker']:.2f} | "
+                     f"{_f(r.get('mfu') and 100 * r['mfu'], '.1f')}{'%' if r.get('mfu') else ''} | "
+                     f"{r['peak_rss_gib_max_worker']:.2f} | {_f(r['peak_gpu_mem_gib_max_worker'], '.2f')} | "
                      f"{r['samples_per_s'] / base['samples_per_s']:.2f}x | "
                      f"{r['samples_per_s_per_worker'] / base['samples_per_s_per_worker']:.2f}x |")
     return "\n".join(lines)
@@ -150,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--use-gpu", action="store_true")
     parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--peak-flops", type=float, default=None,
+                        help="peak FLOP/s of one device for MFU (default: by GPU name; none on CPU)")
     parser.add_argument("--cache-dir", default=str(Path(".cache/libra_ray").absolute()))
     parser.add_argument("--out", default=None, help="result JSON (default: results/train.json)")
     add_smoke_arg(parser)

@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "tiny-model": "build the tiny local Llama + tokenizer used by tests and the embedded default",
     "config": "print the resolved config (defaults + file + --set overrides), each key with its description",
     "seeds": "seed catalogue tools: 'seeds check' compares every SMILES with an offline reference",
+    "gpu-check": "acceptance run of every GPU path (SFT, DPO x DeepSpeed modes, LoRA, generation, serving): "
+                 "JSON + ratio table, exit 1 if any path failed",
 }
 
 
@@ -107,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
             from libra_ray.submit import add_submit_args
 
             add_submit_args(p)
+        if name == "gpu-check":
+            from libra_ray.gpucheck import add_gpu_check_args
+
+            add_gpu_check_args(p)
     return parser
 
 
@@ -164,6 +170,11 @@ def _dispatch(args: argparse.Namespace, cfg: PipelineConfig, argv: list[str] | N
         from libra_ray.submit import submit_from_args
 
         return submit_from_args(args, cfg)
+    if cmd == "gpu-check":
+        from libra_ray.gpucheck import run_gpu_check
+
+        result = run_gpu_check(args.config, args.overrides, args.paths, args.out, args.gen_prompts, args.gen_tokens)
+        return 1 if result["failed"] else 0
     if cmd == "serve":
         from libra_ray.runtime import ray_session
         from libra_ray.serve import check_models

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"synth", "train", "serve", "bench"},  # the stages
     {"endpoints"},
     {"config"},
-    {"cli", "submit", "deploy", "testing"},
+    {"cli", "submit", "deploy", "testing", "gpucheck"},
 ]
 FOUNDATIONS = LAYERS[0]
 

@@ -60,6 +60,12 @@ class TrainConfig(StrictModel):
                                   "zero3_offload) or a path to a DeepSpeed JSON")
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="training precision (TRL's "
                                                        "bf16/fp16 flags); fp16 needs a GPU")
+    pure_bf16: bool = Field(default=False, description="with precision bf16 and no DeepSpeed: load and optimize the "
+                            "weights in bf16 (no fp32 master copy; small updates are rounded away). Default false: "
+                            "fp32 master weights + bf16 autocast. DeepSpeed always keeps its own fp32 master weights")
+    peak_flops: float | None = Field(default=None, gt=0, description="peak FLOP/s of one device for the MFU figure "
+                                     "(dense bf16); null = from the table in libra_ray/train/metrics.py by GPU "
+                                     "name (H200, H100, A100, L40S, L4, B200); on CPU MFU is null unless set")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters (off by default)")
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig, description="optional SFT stage before DPO")
     beta: float = Field(default=0.1, gt=0, description="DPO beta (TRL DPOConfig.beta; published 0.1)")
@@ -127,6 +133,8 @@ class TrainConfig(StrictModel):
     def _gpu_consistency(self) -> "TrainConfig":
         if self.num_gpus > 0 and not self.use_gpu:
             raise ValueError("train.num_gpus > 0 needs train.use_gpu: true")
+        if self.pure_bf16 and self.precision != "bf16":
+            raise ValueError("train.pure_bf16 needs train.precision: bf16")
         if self.precision == "fp16" and not self.use_gpu:
             raise ValueError("train.precision fp16 needs a GPU (use fp32 or bf16 on CPU)")
         return self

@@ -196,7 +196,10 @@ def run(cfg: "PipelineConfig") -> dict:
                                             "peak_rss_gib_max_worker", "peak_gpu_mem_gib_max_worker",
                                             "deepspeed", "engine", "device", "world_size", "train_seconds", "steps_this_attempt",
                                             "rows_dropped_too_long",
-                                            "num_tokens", "checkpoint")})
+                                            "num_tokens", "checkpoint", "steady_steps", "tokens_per_step",
+                                            "mean_sec_per_step_incl_warmup_and_saves", "wall", "device_name",
+                                            "weights_dtype", "gpu_util_pct", "mfu", "mfu_formula", "flops_per_token",
+                                            "linear_params", "peak_flops_per_device")})
     summary["model_dir"] = cfg.model_dir
     write_text(join_uri(cfg.model_dir, SUMMARY_FILE), json.dumps({"fingerprint": fingerprint, "summary": summary},
                                                                   indent=2, default=str))

@@ -66,48 +66,56 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
-def _make_report_callback(kind: str, rank: int, local_rank: int, tracker):
+def _make_report_callback(kind: str, rank: int, local_rank: int, tracker, figures: dict | None = None):
+    """`figures`: model facts for the MFU on the progress line (flops_per_token, peak_flops, devices)."""
     import ray.train
     import torch.distributed as dist
     from transformers import TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
 
+    from libra_ray.train.metrics import StepTimer, mfu
+
+    figures = figures or {}
+
     class ReportCallback(TrainerCallback):
-        """Per log step: a progress line on rank 0 (+ the tracker). Per save: metrics + checkpoint to Ray
-        (every rank reports: it is a barrier); local rank 0 of each node uploads its node's HF checkpoint
-        folder (ZeRO shards are per rank; Ray merges the uploads into one checkpoint)."""
+        """Per step: a clock reading only (no device sync, no `.item()`). Per log step: a progress line on
+        rank 0 (+ the tracker). Per save: metrics + checkpoint to Ray (every rank reports: it is a barrier);
+        local rank 0 of each node uploads its node's HF checkpoint folder (ZeRO shards are per rank; Ray
+        merges the uploads into one checkpoint)."""
 
         def __init__(self):
-            self.last_time = None
-            self.last_tokens = None
-            self.last_step = None
+            self.timer = StepTimer()
             self.metrics: dict[str, float] = {}
+            self.gpu_util: list[float] = []  # % busy, sampled at log steps after the warm-up (NVML)
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.last_time, self.last_step = time.perf_counter(), state.global_step
+            self.timer.begin(time.perf_counter(), state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.timer.step_end(state.global_step, time.perf_counter())
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})
             if "loss" not in logs:  # the end-of-train summary log
                 return
-            now = time.perf_counter()
-            steps = state.global_step - (self.last_step or 0)
-            sec_per_step = (now - self.last_time) / steps if steps > 0 else float("nan")
-            tokens = logs.get("num_tokens")
-            tok_s = float("nan")
-            if tokens is not None and self.last_tokens is not None and tokens > self.last_tokens:
-                tok_s = (tokens - self.last_tokens) / (now - self.last_time)
-            self.last_time, self.last_step, self.last_tokens = now, state.global_step, tokens
+            sec_per_step, tok_s = self.timer.logged(state.global_step, logs.get("num_tokens"))
             metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
             metrics.update(step=state.global_step, sec_per_step=sec_per_step, tokens_per_s=tok_s)
             self.metrics = metrics
+            util = _gpu_utilization() if figures.get("on_gpu") else None
+            if util is not None and len(self.timer.steps) > self.timer.warmup_steps:
+                self.gpu_util.append(util)
             if rank == 0:
                 extra = ""
                 if kind == "dpo":
                     extra = (f" acc {logs.get('rewards/accuracies', float('nan')):.2f}"
                              f" margin {logs.get('rewards/margins', float('nan')):+.3f}")
+                rate = mfu(tok_s if tok_s == tok_s else None, figures.get("flops_per_token"),
+                           figures.get("devices", 1), figures.get("peak_flops"))
                 print(f"[train:{kind}] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}{extra}"
-                      f" | {sec_per_step:.2f} s/step {tok_s:,.0f} tok/s", flush=True)
+                      f" | {sec_per_step:.2f} s/step {tok_s:,.0f} tok/s"
+                      + (f" MFU {100 * rate:.1f}%" if rate is not None else "")
+                      + (f" GPU {util:.0f}%" if util is not None else ""), flush=True)
                 if tracker is not None:
                     tracker.log_metrics(metrics, step=state.global_step)
             # Not reported to Ray here: a report waits for the controller's 2 s poll, which would
@@ -124,8 +132,19 @@ def _make_report_callback(kind: str, rank: int, local_rank: int, tracker):
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics={**self.metrics, "step": state.global_step}, checkpoint=checkpoint,
                                  checkpoint_dir_name=f"{kind}_step_{state.global_step:06d}")
+            self.timer.saved(time.perf_counter())  # the save and its upload: outside every step's time
 
     return ReportCallback()
+
+
+def _gpu_utilization() -> float | None:
+    """This device's % busy over NVML's last sample period (torch.cuda.utilization needs pynvml); None without."""
+    try:
+        import torch
+
+        return float(torch.cuda.utilization())
+    except Exception:  # noqa: BLE001 - pynvml missing or NVML unavailable: the figure is simply absent
+        return None
 
 
 class _Tracker:
@@ -180,8 +199,22 @@ def _engine_facts(trainer) -> dict:
     return facts
 
 
+def load_dtype(precision: str, deepspeed: bool, pure_bf16: bool = False) -> str:
+    """The dtype the weights are loaded (and, without DeepSpeed, optimized) in. Mixed precision keeps fp32
+    master weights: without DeepSpeed the model is loaded in fp32 and the HF Trainer runs the forward and
+    backward under bf16/fp16 autocast (its `bf16`/`fp16` flags), so AdamW updates fp32 weights; DeepSpeed
+    loads the low-precision weights and keeps its own fp32 master copy in the optimizer. Pure bf16 (bf16
+    weights stepped by AdamW, small updates rounded away) only when asked by `train.pure_bf16`."""
+    if precision == "bf16" and (deepspeed or pure_bf16):
+        return "bfloat16"
+    if precision == "fp16" and deepspeed:
+        return "float16"
+    return "float32"
+
+
 def _trainer_args(kind: str, t: dict, c: dict, output_dir: str, on_gpu: bool):
     """TRL config from our TrainConfig dict `t` (+ per-stage overrides in `c`)."""
+    import torch
     from trl import DPOConfig, SFTConfig
 
     common: dict[str, Any] = dict(
@@ -211,6 +244,8 @@ def _trainer_args(kind: str, t: dict, c: dict, output_dir: str, on_gpu: bool):
         max_length=t["max_length"],
         dataset_num_proc=None,
     )
+    dtype = getattr(torch, load_dtype(t["precision"], c["deepspeed"] is not None, t.get("pure_bf16", False)))
+    common["model_init_kwargs"] = {"dtype": dtype}
     if kind == "sft":
         return SFTConfig(**common, completion_only_loss=True)
     return DPOConfig(**common, beta=t["beta"], loss_type=list(t["loss_type"]),
@@ -239,15 +274,47 @@ def _shared_scratch_dir(rank: int) -> str:
     return path
 
 
+def _peak_memory(on_gpu: bool) -> tuple[float, float | None]:
+    """(peak RSS GiB, peak GPU memory GiB or None on CPU): the largest worker's, reduced on the process
+    group's device (NCCL refuses CPU tensors)."""
+    import torch
+
+    from libra_ray.train.distributed import max_over_ranks
+
+    rss, gpu = max_over_ranks([_peak_rss_gib(), torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0])
+    return rss, (gpu if on_gpu else None)
+
+
+def _model_figures(kind: str, t: dict, model_path: str, on_gpu: bool, world: int) -> dict:
+    """What MFU needs: N (linear weights, from the model config), FLOPs per token, the device's peak."""
+    import torch
+    from transformers import AutoConfig
+
+    from libra_ray.train.metrics import device_peak_flops, flops_per_token_factor, linear_params
+
+    try:
+        n = linear_params(AutoConfig.from_pretrained(model_path).to_dict())
+    except Exception:  # noqa: BLE001 - an unusual config: MFU is then simply absent
+        n = None
+    lora = bool(t["lora"]["enabled"])
+    k = flops_per_token_factor(kind, lora=lora, reference_forward=not t["precompute_ref_log_probs"])
+    name = torch.cuda.get_device_name() if on_gpu else None
+    return {"linear_params": n, "flops_per_token": k * n if n else None, "devices": world, "on_gpu": on_gpu,
+            "device_name": name, "peak_flops": device_peak_flops(name, t.get("peak_flops")) if on_gpu or t.get("peak_flops") else None,
+            "formula": f"MFU = tokens/s x {k}N / ({world} x peak FLOP/s), N = linear weights incl. lm_head"}
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. `config`: kind ("sft"|"dpo"), model, dataset, train (TrainConfig dict),
     stage (learning_rate, max_steps, deepspeed dict or None), run_name, cache_dir."""
+    worker_start = time.perf_counter()
     _quiet()
     import ray.train
     import torch
     import torch.distributed as dist
 
     from libra_ray.train.data import localize, read_train_table, to_conversational
+    from libra_ray.train.metrics import mfu
 
     kind, t, stage = config["kind"], config["train"], config["stage"]
     ctx = ray.train.get_context()
@@ -297,8 +364,7 @@ def train_loop_per_worker(config: dict) -> None:
     dataset = to_conversational(read_train_table(config["dataset"]), kind)
 
     args = _trainer_args(kind, t, stage, os.path.join(scratch, "hf"), on_gpu)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t["precision"]]
-    args.model_init_kwargs = {"dtype": dtype}
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t["precision"]]  # saved model
     peft_config = None
     if t["lora"]["enabled"]:
         from peft import LoraConfig
@@ -310,7 +376,8 @@ def train_loop_per_worker(config: dict) -> None:
     tracker = None
     if t["tracker"] and rank == 0:
         tracker = _Tracker(t["tracker"], config["run_name"], {"kind": kind, **t})
-    callback = _make_report_callback(kind, rank, local_rank, tracker)
+    figures = _model_figures(kind, t, model_path, on_gpu, world)
+    callback = _make_report_callback(kind, rank, local_rank, tracker, figures)
     if kind == "sft":
         from trl import SFTTrainer as Trainer
     else:
@@ -333,23 +400,38 @@ def train_loop_per_worker(config: dict) -> None:
     engine = _engine_facts(trainer)  # before save_model / unset_hf_deepspeed_config
 
     # Consolidated final model: save_model gathers ZeRO-3 shards (collective), rank 0 writes.
+    final_start = time.perf_counter()
     final_dir = os.path.join(scratch, "final")
     raw_dir = os.path.join(scratch, "raw_final")
     trainer.save_model(raw_dir)
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()  # else rank 0's from_pretrained below would enter a ZeRO-3 collective alone
-    peak = torch.tensor([_peak_rss_gib(), torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0])
-    if dist.is_initialized():
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        model_out = os.path.join(final_dir, MODEL_SUBDIR)
+        _write_final_model(raw_dir, model_path, model_out, tokenizer, lora=peft_config is not None, dtype=dtype)
+    final_save_s = time.perf_counter() - final_start
+    peak_rss, peak_gpu = _peak_memory(on_gpu)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    timer = callback.timer.figures()
+    tokens_per_s = timer["steady_tokens_per_s"]
+    rate = mfu(tokens_per_s, figures["flops_per_token"], world, figures["peak_flops"])
     summary = {
         "kind": kind,
         "steps": trainer.state.global_step,
         "resumed_from_step": resumed_step,
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
-        "sec_per_step": elapsed / steps_run if steps_run else None,
+        # Steady state: medians over the steps after the warm-up, checkpoint saves excluded (train/metrics.py).
+        "sec_per_step": timer["steady_sec_per_step"],
+        "tokens_per_s": tokens_per_s,  # global (all ranks), TRL's non-padding tokens
+        "steady_steps": timer["steady_steps"],
+        "tokens_per_step": timer["tokens_per_step"],
+        "mean_sec_per_step_incl_warmup_and_saves": elapsed / steps_run if steps_run else None,
+        "wall": {"startup_s": (callback.timer.train_begin or start) - worker_start,
+                 "first_step_s": timer["first_step_s"], "steps_s": timer["steps_s"],
+                 "checkpoint_s": timer["checkpoint_s"], "checkpoints": timer["checkpoints"],
+                 "final_save_s": final_save_s, "total_s": time.perf_counter() - worker_start},
         "train_seconds": elapsed,
         "steps_this_attempt": steps_run,
         "num_tokens": callback.metrics.get("num_tokens"),  # global, all ranks (TRL counts non-pad tokens)
@@ -358,20 +440,27 @@ def train_loop_per_worker(config: dict) -> None:
         "deepspeed": stage["deepspeed_name"],
         "engine": engine,  # rank 0's observed engine (type, ZeRO stage, offload, parameter share)
         "device": "cuda" if on_gpu else "cpu",
-        "peak_rss_gib_max_worker": float(peak[0]),
-        "peak_gpu_mem_gib_max_worker": float(peak[1]),
-        **{k: callback.metrics[k] for k in ("rewards/accuracies", "rewards/margins", "tokens_per_s")
-           if k in callback.metrics},
+        "device_name": figures["device_name"],
+        "weights_dtype": str(args.model_init_kwargs["dtype"]).replace("torch.", ""),
+        "peak_rss_gib_max_worker": peak_rss,
+        "peak_gpu_mem_gib_max_worker": peak_gpu,  # torch.cuda.max_memory_allocated, max over ranks; null on CPU
+        "gpu_util_pct": (sum(callback.gpu_util) / len(callback.gpu_util)) if callback.gpu_util else None,
+        "mfu": rate,
+        "mfu_formula": figures["formula"],
+        "flops_per_token": figures["flops_per_token"],
+        "linear_params": figures["linear_params"],
+        "peak_flops_per_device": figures["peak_flops"],
+        **{k: callback.metrics[k] for k in ("rewards/accuracies", "rewards/margins") if k in callback.metrics},
     }
     checkpoint_out = None
     if rank == 0:
-        model_out = os.path.join(final_dir, MODEL_SUBDIR)
-        _write_final_model(raw_dir, model_path, model_out, tokenizer, lora=peft_config is not None, dtype=dtype)
         with open(os.path.join(final_dir, FINAL_MARKER), "w") as f:
             json.dump(summary, f, indent=2)
         checkpoint_out = ray.train.Checkpoint.from_directory(final_dir)
+        mfu_text = f", MFU {100 * rate:.1f}%" if rate is not None else ""
         print(f"[train:{kind}] done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
-              f"{summary['final_loss']:.4f}, {summary['sec_per_step'] or float('nan'):.2f} s/step", flush=True)
+              f"{summary['final_loss']:.4f}, steady {summary['sec_per_step'] or float('nan'):.2f} s/step "
+              f"{tokens_per_s or float('nan'):,.0f} tok/s{mfu_text} (steps {summary['steady_steps']})", flush=True)
     ray.train.report(metrics={**summary, "final": 1}, checkpoint=checkpoint_out,
                      checkpoint_dir_name=f"{kind}_final_step_{trainer.state.global_step:06d}")
     if local_rank == 0:
