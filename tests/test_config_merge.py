@@ -41,6 +41,10 @@ ALTERNATIVES: dict[str, list] = {
     "bench.class_values": [{"a": "legitimate"}],
     "bench.detector": ["local", "cascade"],
 }
+# Keys valid only together with another: set with that companion override; only the two may change.
+COMPANIONS: dict[str, str] = {
+    "train.pure_bf16": "train.precision=bf16",
+}
 
 
 def _flatten(obj, prefix: str = "") -> dict:
@@ -146,7 +150,8 @@ def _check_every_leaf(path: Path | None) -> list[str]:
             cands = _candidates(field, value)
         for cand in cands:
             try:
-                cfg = load_config(path, [f"{key}={json.dumps(cand)}"])
+                extra = [COMPANIONS[key]] if key in COMPANIONS else []
+                cfg = load_config(path, [*extra, f"{key}={json.dumps(cand)}"])
             except ConfigError:
                 continue
             break
@@ -157,6 +162,7 @@ def _check_every_leaf(path: Path | None) -> list[str]:
         after = _flatten(cfg.model_dump(mode="json"))
         changed = sorted(k for k in set(before) | set(after)
                          if before.get(k, "<absent>") != after.get(k, "<absent>") and k != key
+                         and k != COMPANIONS.get(key, "=").split("=")[0]
                          and not k.startswith(key + "."))
         if changed:
             problems.append(f"--set {key}={json.dumps(cand)} also changed {', '.join(changed)}")
