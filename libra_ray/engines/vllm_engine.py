@@ -134,7 +134,8 @@ class VLLMEngine(Engine):
         process is alive: called by the bench actor's __del__, at the latest by the atexit hook registered in
         __init__ (it runs before vLLM's own exit-time finalizers), never left to the interpreter's teardown.
         Note: vLLM's worker still prints resource-tracker `KeyError: '/psm_...'` tracebacks after this
-        (measured 2026-12-04; tests/test_headline_claim_e2e.py keeps it as a strict xfail)."""
+        in a Ray Data actor, not in a plain process (measured 2026-12-04; tests/test_headline_claim_e2e.py keeps
+        it as a strict xfail)."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
