@@ -211,7 +211,8 @@ def run_gpu_check(config: str | None, overrides: list[str], paths: list[str] | t
     cfg = load_config(config, overrides)
     storage = tempfile.mkdtemp(prefix="libra_ray_gpu_check_")
     result = {"check": "gpu", "stamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config,
-              "overrides": overrides, "host": platform.node(), **_device(), "versions": _versions(), "paths": {}}
+              "overrides": overrides, "host": platform.node(), **_device(), "versions": _versions(), "paths": {},
+              "complete": False}
     try:
         with ray_session(cfg):
             for path in paths:
@@ -225,17 +226,25 @@ def run_gpu_check(config: str | None, overrides: list[str], paths: list[str] | t
                 else:
                     fn = lambda: _serve_one(config, overrides, _base_model(config, overrides))  # noqa: E731
                 result["paths"][path] = _isolated(path, fn)
+                _write(result, out)  # after every path: a run cut short by a time limit keeps what it measured
     finally:
         shutil.rmtree(storage, ignore_errors=True)
-    result["failed"] = [p for p, r in result["paths"].items() if r["ok"] is False]
-    result["table"] = table(result)
+    result["complete"] = True
+    _write(result, out)
     print(result["table"], flush=True)
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(result, f, indent=2, default=str)
         print(f"[gpu-check] wrote {out}", flush=True)
     return result
+
+
+def _write(result: dict, out: str | None) -> None:
+    result["failed"] = [p for p, r in result["paths"].items() if r["ok"] is False]
+    result["table"] = table(result)
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out + ".partial", "w") as f:
+            json.dump(result, f, indent=2, default=str)
+        os.replace(out + ".partial", out)
 
 
 def table(result: dict) -> str:

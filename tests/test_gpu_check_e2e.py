@@ -29,22 +29,30 @@ def gpu_check(tmp_path, *args, sets=()):
     return proc, (json.loads(out.read_text()) if out.exists() else None)
 
 
+# dpo_zero2 and dpo_zero3 are left out here for CI time (each Ray Train run costs ~35 s on 2 CPUs): their
+# path differs from dpo_zero3_offload's only by `train.deepspeed`, and tests/test_train_ray.py trains under
+# each DeepSpeed config already. A GPU node runs all paths (the command's default).
+SMOKE_PATHS = ["sft", "dpo_none", "dpo_zero3_offload", "lora", "gen_transformers", "gen_vllm", "serve"]
+
+
 def test_every_path_runs_on_cpu(tmp_path):
-    proc, result = gpu_check(tmp_path)
+    proc, result = gpu_check(tmp_path, "--paths", *SMOKE_PATHS)
+    print(result and result["table"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     paths = result["paths"]
-    assert list(paths) == ["sft", "dpo_none", "dpo_zero2", "dpo_zero3", "dpo_zero3_offload", "lora",
-                           "gen_transformers", "gen_vllm", "serve"]
+    assert list(paths) == SMOKE_PATHS
     assert all(r["ok"] for r in paths.values()), {k: r.get("error") for k, r in paths.items()}
-    for name in ("sft", "dpo_none", "dpo_zero2", "dpo_zero3", "dpo_zero3_offload", "lora"):
+    for name in ("sft", "dpo_none", "dpo_zero3_offload", "lora"):
         r = paths[name]
         assert r["steps"] == 4 and r["tokens_per_s"] > 0 and r["steady_steps"] == "4-4", (name, r)
         assert r["mfu"] is None and r["peak_gpu_mem_gib_max_worker"] is None, (name, r)  # CPU: no peak, no GPU
-    assert paths["dpo_zero3"]["engine"]["zero_stage"] == 3 and paths["dpo_none"]["weights_dtype"] == "float32"
+    offload = paths["dpo_zero3_offload"]["engine"]
+    assert offload["zero_stage"] == 3 and offload["offload_optimizer"] == "cpu", offload
+    assert paths["dpo_none"]["weights_dtype"] == "float32" and paths["dpo_none"]["engine"]["type"] != "DeepSpeedEngine"
     assert paths["gen_transformers"]["completion_tokens"] > 0 and paths["gen_vllm"]["completion_tokens"] > 0
     assert paths["serve"]["completion_tokens"] >= 1
     assert result["device"] == "cpu" and result["versions"]["torch"]
-    assert "| dpo_zero2 | ok |" in proc.stdout and "1.00x" in proc.stdout  # the ratio table
+    assert "| dpo_zero3_offload | ok |" in proc.stdout and "| serve | ok |" in proc.stdout  # the table
 
 
 def test_a_failing_path_is_recorded_and_the_others_still_run(tmp_path):
