@@ -114,8 +114,9 @@ class BenchConfig(StrictModel):
         f"{k} = {v}" for k, v in DETECTOR_SCHEMES.items()))
     local_detector: str = Field(default="default", description="the local detector of the cascade/local schemes "
                                 "(a name for libra_ray.bench.detect.get_detector, e.g. default, classifier, rule:start)")
-    judge_threshold: float = Field(default=0.8, ge=0, le=1, description="cascade: rows whose local confidence is "
-                                   "below this go to the judge")
+    judge_threshold: float = Field(default=0.6, ge=0, le=1, description="cascade: rows whose local confidence is "
+                                   "below this go to the judge (0.6: chosen from the leave-one-model-out coverage curve, "
+                                   "libra_ray/bench/README.md)")
 
     @field_validator("detector")
     @classmethod
