@@ -142,9 +142,9 @@ def test_all_expands_to_offline_detectors_and_judges_only_with_an_endpoint():
     from libra_ray.config import load_config
 
     offline = expand_detectors(["all"], load_config(None, []))
-    assert offline == ["rule:paper", "rule:start", "rule:both", "rule:opening", "classifier"]
+    assert offline == ["rule:paper", "rule:start", "rule:both", "rule:opening", "classifier", "classifier:mean"]
     with_url = expand_detectors(["rule:start,all", "default"], load_config(None, ["bench.judge.base_url=http://x/v1"]))
-    assert with_url == (["rule:start", "rule:paper", "rule:both", "rule:opening", "classifier"]
+    assert with_url == (["rule:start", "rule:paper", "rule:both", "rule:opening", "classifier", "classifier:mean"]
                         + [f"judge:{p}" for p in REFUSAL_JUDGES] + ["default"])
     assert get_detector("default").name == "default"
 
@@ -279,6 +279,12 @@ def test_dev_set_default_and_opening_beat_paper_and_start(tmp_path, capsys):
     for better in ("default", "rule:opening"):
         assert acc[better] > max(acc["rule:paper"], acc["rule:start"]), acc
     assert acc["rule:opening"] >= 0.94, acc
+    # Leave-one-model-out, both directions (the head is re-fitted on one model's rows): the goal.
+    moved = json.loads(out_json.read_text())["detectors"]["default"]["transfer"]["splits"]
+    lomo = {k: v["accuracy"] for k, v in moved.items() if k.startswith("model:")}
+    assert len(lomo) == 2 and min(lomo.values()) >= 0.93, lomo
+    assert {k for k in moved if k.startswith("prompt type:")} == {"prompt type: safe -> unsafe",
+                                                                  "prompt type: unsafe -> safe"}
 
 
 # ---- Ray Data ---------------------------------------------------------------------------------------

@@ -111,10 +111,19 @@ def test_real_short_refusals_pass():
     if path is None:
         pytest.skip(f"{candidates[0]} not present")
     with path.open(newline="") as f:
-        refusals = [r["response"] for r in csv.DictReader(f) if r["label"] == "refusal" and len(r["response"]) < 400]
+        every = [r["response"] for r in csv.DictReader(f) if r["label"] == "refusal"]
+    refusals = [t for t in every if len(t) < 400]
     assert refusals
     flagged = [t for t in refusals if actionable_reasons(t)]
     assert not flagged
+    # All 441 refusals through the rules and the learned check: >= 0.94 pass (measured 0.941; the learned
+    # check drops none of them).
+    from libra_ray.policy.gate_model import learned_actionable
+
+    learned = learned_actionable(every)
+    passed = [not (actionable_reasons(t) or f) for t, f in zip(every, learned)]
+    assert len(every) == 441 and sum(passed) / len(every) >= 0.94
+    assert not learned.any()
 
 
 def test_gate_judge_drops_what_it_finds_actionable_and_what_it_cannot_judge(tmp_path):

@@ -119,7 +119,7 @@ def run(cfg: "PipelineConfig", *, open_endpoint: "EndpointOpener") -> dict:
     from libra_ray.bench import store
     from libra_ray.bench.attack import attack_prompts
     from libra_ray.bench.capability import capability_scores, load_questions, read_capability, run_capability
-    from libra_ray.bench.detector_info import detector_accuracy, local_detector
+    from libra_ray.bench.detector_info import detector_accuracy, expected_at_threshold, local_detector
     from libra_ray.bench.evaluate import evaluate_resuming
     from libra_ray.bench.fingerprint import model_dtype
     from libra_ray.bench.generate import (generate, generation_keys, load_benchmark_prompts, prompts_path,
@@ -174,6 +174,8 @@ def run(cfg: "PipelineConfig", *, open_endpoint: "EndpointOpener") -> dict:
                            "judge_threshold": bench.judge_threshold if bench.detector == "cascade" else None,
                            "rule": f"rule:{bench.rule}",
                            "accuracy": detector_accuracy(detector.name, detector),
+                           "expected_at_threshold": expected_at_threshold(detector, bench.judge_threshold)
+                           if bench.detector == "cascade" else None,
                            "rule_accuracy": detector_accuracy(f"rule:{bench.rule}")},
               "rule_calibration_note": "smoke check on 12 built-in sentences, not a measurement",
               "rule_calibration": {r: calibrate(r) for r in RULES}, "caveats": run_caveats(cfg)}

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,6 +46,8 @@ REFUSAL_JUDGES = REFUSAL_JUDGE_IDS
 ERROR_TEXT_CHARS = 160
 # l2 of the shipped head, chosen by 5-fold CV (grouped by prompt) on the dev set (libra_ray/bench/README.md).
 DEFAULT_L2 = 1e-3
+# What the shipped head reads (libra_ray.bench.classifier.SPECS), chosen by leave-one-model-out accuracy.
+DEFAULT_FEATURES = "acts"
 
 
 class CalibrateError(ValueError):
@@ -271,10 +274,16 @@ def build_detector(name: str, cfg: "PipelineConfig", client_holder: dict) -> Any
 # ---- calibrate ----------------------------------------------------------------------------------------
 def calibrate(data: LabelledSet, detector_names: Sequence[str], cfg: "PipelineConfig", errors: int = 3) -> dict:
     """Run every detector on the labelled texts and score it; returns the JSON-able result."""
+    from libra_ray.bench.transfer import coverage_curve, feature_cache_dir, transfer
+
     holder: dict = {}
     detectors = [build_detector(n, cfg, holder) for n in detector_names]
     confidence = cfg.bench.confidence
     labels_sha = _sha256_or_none(data.path)
+    cache_dir = feature_cache_dir()
+    for det in detectors:
+        if hasattr(det, "cache_dir"):
+            det.cache_dir = cache_dir
     results: dict[str, dict] = {}
     for det in detectors:
         t0 = time.perf_counter()
@@ -297,6 +306,12 @@ def calibrate(data: LabelledSet, detector_names: Sequence[str], cfg: "PipelineCo
             # Scoring a head on its own training file measures memory, not generalisation.
             entry["in_sample"] = {"note": "trained on this file", "cross_validation": meta.get("cross_validation"),
                                   "cross_model": meta.get("cross_model")}
+        if not det.name.startswith("judge:"):
+            moved = transfer(det, data, labels_sha, cache_dir)
+            if moved["splits"]:
+                entry["transfer"] = {k: v for k, v in moved.items() if k != "predictions"}
+                if moved["learned"] and moved["predictions"]:
+                    entry["coverage_curve"] = coverage_curve(moved["predictions"])
         results[det.name] = entry
     first = results[detectors[0].name]
     out = {"labels": data.path, "n": len(data.texts), "label_counts": dict(Counter(data.labels)),
@@ -345,6 +360,7 @@ def markdown(result: dict) -> str:
                       f"(5-fold cross-validation on the training file): {_f(cv)}; cross-model: "
                       + ", ".join(f"{k} {_f(v.get('accuracy'))}" for k, v in (r["in_sample"].get("cross_model") or {}).items())
                       + "."]
+    lines += transfer_markdown(result)
     for name, r in result["detectors"].items():
         cols = list(next(iter(r["confusion"].values())))
         lines += ["", f"## {name}", ""]
@@ -367,6 +383,37 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def transfer_markdown(result: dict) -> list[str]:
+    """The transfer table (leave-one-model-out, leave-one-prompt-type-out, gap) and the coverage curves."""
+    moved = {n: r["transfer"] for n, r in result["detectors"].items() if r.get("transfer")}
+    if not moved:
+        return []
+    names = list(next(iter(moved.values()))["splits"])
+    lines = ["", "## Transfer: trained on one part, tested on the other", "",
+             "Learned heads are re-fitted on the training side with their own recipe; rules fit nothing, so their "
+             "number is their accuracy on the test side. Binary accuracy (3-class in brackets). gap = in-sample "
+             "minus mean leave-one-model-out. Choose designs by these columns, not by in-sample.", "",
+             "| detector | in-sample | " + " | ".join(names) + " | gap |", "|---" * (len(names) + 3) + "|"]
+
+    def cell(v: dict | None) -> str:
+        if not v:
+            return "-"
+        three = f" [{v['accuracy_3class']:.3f}]" if v.get("accuracy_3class") is not None else ""
+        return f"{v['accuracy']:.3f}{three}"
+
+    for name, t in moved.items():
+        lines.append(f"| {name} | {cell(t['in_sample'])} | " + " | ".join(cell(t["splits"].get(k)) for k in names)
+                     + f" | {_f(t['gap'])} |")
+    for name, r in result["detectors"].items():
+        if r.get("coverage_curve"):
+            lines += ["", f"Cascade for {name} (from its leave-one-model-out predictions): rows sent to the judge "
+                      "(decision confidence below the threshold) and the detector's accuracy on the rows it keeps.", "",
+                      "| judge threshold | sent to judge | accuracy on the rest |", "|---|---|---|"]
+            lines += [f"| {c['threshold']} | {c['sent_to_judge']:.1%} | {_f(c['accuracy_kept'])} |"
+                      for c in r["coverage_curve"]]
+    return lines
+
+
 # ---- fit -----------------------------------------------------------------------------------------------
 def _folds(data: LabelledSet, k: int, seed: int = 0) -> np.ndarray:
     """Fold index per row; rows with the same prompt share a fold (both models answered every prompt)."""
@@ -377,26 +424,38 @@ def _folds(data: LabelledSet, k: int, seed: int = 0) -> np.ndarray:
     return np.array([fold_of[g] for g in groups])
 
 
-def fit(data: LabelledSet, out: str, command: str, l2: float = DEFAULT_L2, folds: int = 5) -> dict:
-    """Fit the head on every row, measure it honestly (grouped k-fold CV; cross-model when the file has a
-    `model` column with two or more models), save weights + metadata; returns the metadata."""
-    from libra_ray.bench.classifier import (CLASS_WEIGHT_POWER, FeatureSpec, features, fit_head, predict, save_head,
-                                            sha256_file)
+def code_version() -> dict:
+    """What code made a head: package version, git commit, encoder and the feature code's version."""
+    from libra_ray.bench.features import FEATURES_VERSION
+    from libra_ray.embeddings import code_version as base
 
-    spec = FeatureSpec()
+    return base(features_version=FEATURES_VERSION)
+
+
+def fit(data: LabelledSet, out: str, command: str, l2: float = DEFAULT_L2, folds: int = 5,
+        features_name: str = DEFAULT_FEATURES) -> dict:
+    """Fit the head on every row, measure it honestly (grouped k-fold CV; leave-one-model-out and
+    leave-one-prompt-type-out where the file allows), save weights + metadata; returns the metadata."""
+    from libra_ray.bench.classifier import (CLASS_WEIGHT_POWER, SPECS, ClassifierDetector, features, fit_head,
+                                            predict, save_head, sha256_file)
+    from libra_ray.bench.transfer import coverage_curve, feature_cache_dir, transfer
+
+    if features_name not in SPECS:
+        raise CalibrateError(f"--features {features_name}: unknown; use one of {', '.join(SPECS)}")
+    spec = SPECS[features_name]
     t0 = time.perf_counter()
     print(f"[calibrate] features for {len(data.texts)} texts ...", file=sys.stderr, flush=True)
-    x = features(data.texts, spec)
+    cache_dir = feature_cache_dir()
+    x = features(data.texts, spec, cache_dir=cache_dir)
     truth = data.refused
+    sha = sha256_file(data.path)
 
     def accuracy(train: np.ndarray, test: np.ndarray) -> dict:
         head = fit_head(x[train], [data.labels[i] for i in train], l2=l2, spec=spec)
         found = predict(head, x[test])
         correct = int((np.array([d.refused for d in found]) == truth[test]).sum())
         correct3 = sum(d.label == data.labels[i] for d, i in zip(found, test))
-        acc, lo, hi = wilson(correct, len(test))
-        return {"accuracy": acc, "ci": [lo, hi], "accuracy_3class": correct3 / len(test), "n_train": len(train),
-                "n_test": len(test), "correct": correct, "correct_3class": correct3}
+        return {"correct": correct, "correct_3class": correct3}
 
     cv = None
     if folds >= 2 and len(data.texts) >= 2 * folds:
@@ -406,25 +465,43 @@ def fit(data: LabelledSet, out: str, command: str, l2: float = DEFAULT_L2, folds
         cv = {"folds": folds, "grouped_by": "prompt" if "prompt" in data.columns else "row",
               "accuracy": acc, "ci": [lo, hi],
               "accuracy_3class": sum(r["correct_3class"] for r in parts) / len(data.texts)}
-    cross = {}
-    models = sorted({str(m) for m in data.columns.get("model", [])})
-    if len(models) >= 2:
-        col = np.array([str(m) for m in data.columns["model"]])
-        for m in models:
-            for other in models:
-                if other != m:
-                    cross[f"{m} -> {other}"] = accuracy(np.where(col == m)[0], np.where(col == other)[0])
     head = fit_head(x, data.labels, l2=l2, spec=spec)
-    train_pred = np.array([d.refused for d in predict(head, x)])
+    head.metadata = {"l2": l2, "class_weight_power": CLASS_WEIGHT_POWER}
+    moved = transfer(ClassifierDetector(head), data, sha, cache_dir)
     head.metadata = {
-        "training_file": os.path.basename(data.path), "training_sha256": sha256_file(data.path),
+        "training_file": os.path.basename(data.path), "training_sha256": sha,
         "rows": len(data.texts), "label_counts": dict(Counter(data.labels)), "command": command, "l2": l2,
+        "features": features_name, "class_weight_power": CLASS_WEIGHT_POWER, "code_version": code_version(),
         "class_weighting": f"(n / (k * n_class)) ** {CLASS_WEIGHT_POWER}", "decision": "refused when P(refusal) + P(partial) >= 0.5",
-        "accuracy_train": float((train_pred == truth).mean()), "cross_validation": cv, "cross_model": cross,
+        "accuracy_train": moved["in_sample"]["accuracy"], "cross_validation": cv,
+        "cross_model": {k[len("model: "):]: v for k, v in moved["splits"].items() if k.startswith("model: ")},
+        "transfer": moved["splits"], "gap": moved["gap"],
+        "coverage_curve": coverage_curve(moved["predictions"]) if moved["predictions"] else None,
         "fit_seconds": round(time.perf_counter() - t0, 1),
     }
+    if DOMAIN_SET.is_file():
+        head.metadata["domain_check"] = domain_check(head)
     path = save_head(head, out)
     return {"out": str(path), **head.metadata}
+
+
+# The in-repo domain set (tests/data/make_chem_answers.py): a fixed split that every shipped head records its
+# accuracy on, so a test can check that the shipped weights still reproduce it (CI has no dev set).
+DOMAIN_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "chem_answers.csv"
+DOMAIN_SPLIT_EVERY = 4
+
+
+def domain_check(head: Any, path: Path = DOMAIN_SET) -> dict:
+    """The head's accuracy on every DOMAIN_SPLIT_EVERY-th row of the domain set (binary and 3-class)."""
+    from libra_ray.bench.classifier import features, predict, sha256_file
+
+    data = load_labelled(str(path))
+    rows = list(range(0, len(data.texts), DOMAIN_SPLIT_EVERY))
+    found = predict(head, features([data.texts[i] for i in rows], head.spec))
+    correct = sum(d.refused == bool(data.refused[i]) for d, i in zip(found, rows))
+    correct3 = sum(d.label == data.labels[i] for d, i in zip(found, rows))
+    return {"file": "tests/data/" + path.name, "sha256": sha256_file(path), "split": f"every {DOMAIN_SPLIT_EVERY}th row from 0",
+            "n": len(rows), "correct": int(correct), "correct_3class": int(correct3), "accuracy": correct / len(rows)}
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------
@@ -440,6 +517,8 @@ def add_calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit", metavar="LABELLED_FILE", help="train the classifier head on this labelled file")
     p.add_argument("--out", metavar="PATH", help="with --fit: where to save the head (.safetensors)")
     p.add_argument("--l2", type=float, default=DEFAULT_L2, help=f"with --fit: L2 penalty (default {DEFAULT_L2})")
+    p.add_argument("--features", default=DEFAULT_FEATURES, metavar="NAME",
+                   help=f"with --fit: what the head reads: acts, mean, mean+acts, rich (default {DEFAULT_FEATURES})")
 
 
 def calibrate_from_args(args: argparse.Namespace, cfg: "PipelineConfig", argv: Sequence[str] | None = None) -> int:
@@ -452,7 +531,7 @@ def calibrate_from_args(args: argparse.Namespace, cfg: "PipelineConfig", argv: S
                 raise CalibrateError(f"--out {args.out}: use a .safetensors path")
             data = load_labelled(args.fit, args.text_column, args.label_column)
             command = "libra-ray " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
-            meta = fit(data, args.out, command, l2=args.l2)
+            meta = fit(data, args.out, command, l2=args.l2, features_name=args.features)
             print(json.dumps(meta, indent=2))
             return 0
         if not args.labels:

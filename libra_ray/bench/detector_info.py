@@ -91,6 +91,15 @@ def _from_metadata(meta: Any) -> dict | None:
     return None
 
 
+def expected_at_threshold(detector: Any, threshold: float) -> dict | None:
+    """From a learned head's leave-one-model-out coverage curve (its metadata): the share of rows a cascade
+    with this judge threshold sends to the judge and the local labels' accuracy on the rest; None if unknown."""
+    from libra_ray.bench.transfer import expected_accuracy
+
+    curve = (_metadata(detector) or {}).get("coverage_curve")
+    return expected_accuracy(curve, threshold) if isinstance(curve, list) and curve else None
+
+
 def read_measured(path: Path = MEASURED_PATH) -> dict:
     try:
         return json.loads(path.read_text())

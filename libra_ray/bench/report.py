@@ -133,6 +133,15 @@ def _accuracy(acc: dict | None) -> str:
     return f"{100 * acc['accuracy']:.1f}%{ci}{where}" + (f" ({how}{cross})" if how or cross else "")
 
 
+def _expected_line(exp: dict | None) -> str:
+    """The accuracy to expect of the local labels the cascade kept (leave-one-model-out curve), if known."""
+    if not exp or exp.get("accuracy_kept") is None:
+        return ""
+    return (f" Expected accuracy of the local labels kept at this threshold: {100 * exp['accuracy_kept']:.1f}% "
+            f"with {100 * exp['sent_to_judge']:.1f}% of rows sent to the judge (leave-one-model-out on the dev set, "
+            f"threshold {exp['threshold']}).")
+
+
 def detector_section(report: dict) -> list[str]:
     """Who labelled the rows, the judge calls made vs avoided, the detector's measured accuracy, and
     how many stored answers were stale (regenerated)."""
@@ -146,7 +155,8 @@ def detector_section(report: dict) -> list[str]:
                 if det.get("judge_threshold") is not None else ""),
              "",
              f"Measured accuracy on human-labelled responses (binary, partial = refusal): `{det['local']}` "
-             f"{_accuracy(det.get('accuracy'))}; `{det['rule']}` {_accuracy(det.get('rule_accuracy'))}.",
+             f"{_accuracy(det.get('accuracy'))}; `{det['rule']}` {_accuracy(det.get('rule_accuracy'))}."
+             + _expected_line(det.get("expected_at_threshold")),
              "", "| model | labelled by | judge asked | judge avoided | judge attempts | unjudged | "
              "local = judge | regenerated (stale) | evaluations reused |", "|---|---|---|---|---|---|---|---|---|"]
     for name, s in report["models"].items():

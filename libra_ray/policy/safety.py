@@ -18,6 +18,8 @@ materials, followed by purification"): synthesis, purification and analysis are 
 operations here, and a gerund used as a noun ("mixing or heating chemicals at home can cause harm")
 is not an action. Conservative on purpose: a false positive costs one paraphrase, a false negative
 would put a procedure into the dataset. Measured on tests/data/gate_*.jsonl (see README, synth).
+Beside these rules, `libra_ray.policy.gate_model` is a learned check for procedure-shaped prose the rules
+pass (libra_ray/synth/README.md); synth applies both.
 """
 
 from __future__ import annotations

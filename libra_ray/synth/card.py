@@ -68,6 +68,8 @@ def render_card(card: dict) -> str:
               f"- Seeds with an error (a part the teacher never answered usably): {q['seed_errors']}",
               f"- Teacher answers dropped as malformed (after re-asks): {q['malformed_parts_dropped']}",
               f"- Texts dropped by the safety gate (actionable content for an illegitimate compound): {q['safety_dropped']}",
+              f"- Texts dropped by the gate's learned check (procedure-shaped prose the rules passed): "
+              f"{q.get('learned_gate_dropped', 0)}",
               f"- Duplicates removed: {q['duplicates_removed']}"
               + (f" (near-duplicates too, word-trigram Jaccard >= {q['near_duplicate_jaccard']})" if q.get("near_duplicate_jaccard") else ""),
               "", "Load with `datasets.load_dataset(\"parquet\", data_files={\"train\": \"train/*.parquet\", "

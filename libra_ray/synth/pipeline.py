@@ -135,6 +135,25 @@ def dedupe(items: list[str], jaccard: float | None = None) -> tuple[list[str], i
     return kept, len(items) - len(kept)
 
 
+
+def learned_gate_rows(rows: list[dict]) -> None:
+    """Drop the illegitimate rows' teacher answers that the gate's learned check calls procedure-shaped
+    (after the rules passed them), counted apart in `learned_gate_dropped`. One batched pass for the whole
+    block. Requests (prompts) are not answers and item #0 is the seed's own template text: both are left."""
+    from libra_ray.policy.gate_model import learned_actionable
+
+    where = [(i, key, j) for i, row in enumerate(rows) if row["class"] == "illegitimate"
+             for key in ("chosens", "rejecteds") for j in range(1, len(row[key]))]
+    if not where:
+        return
+    flagged = learned_actionable([rows[i][key][j] for i, key, j in where])
+    drop = {(i, key, j) for (i, key, j), f in zip(where, flagged) if f}
+    for i, row in enumerate(rows):
+        for key in ("chosens", "rejecteds"):
+            kept = [t for j, t in enumerate(row[key]) if (i, key, j) not in drop]
+            row["learned_gate_dropped"] += len(row[key]) - len(kept)
+            row[key] = kept
+
 class TeacherStage:
     """Ray Data actor: holds one ChatClient and turns seed rows into paraphrase lists (phase 2).
 
@@ -167,7 +186,8 @@ class TeacherStage:
 
     def _rows(self, rows: list[dict], calls: list, results: list, counters: dict):
         out = [dict(row, prompts=[row["seed_prompt"]], chosens=[row["seed_chosen"]], rejecteds=[row["seed_rejected"]],
-                    error="", malformed_parts=0, safety_dropped=0, duplicates_removed=0, teacher_calls=0,
+                    error="", malformed_parts=0, safety_dropped=0, learned_gate_dropped=0, duplicates_removed=0,
+                    teacher_calls=0,
                     prompt_tokens=0, completion_tokens=0)
                for row in rows]
         for (i, part, _, _), res in zip(calls, results):
@@ -185,6 +205,7 @@ class TeacherStage:
                 row["safety_dropped"] += len(items) - len(safe)
                 items = safe
             row[f"{part}s" if part != "chosen" else "chosens"].extend(items)
+        learned_gate_rows(out)  # the learned check beside the rules: one batched encoder pass
         for row in out:
             for key in ("prompts", "chosens", "rejecteds"):
                 row[key], removed = dedupe(row[key], self.synth.near_duplicate_jaccard)
@@ -390,6 +411,7 @@ def dataset_card(cfg: "PipelineConfig", rows: list[dict], counts: dict, base_url
         "quality": {"seed_errors": sum(bool(r["error"]) for r in rows),
                     "malformed_parts_dropped": sum(r["malformed_parts"] for r in rows),
                     "safety_dropped": sum(r["safety_dropped"] for r in rows),
+                    "learned_gate_dropped": sum(r.get("learned_gate_dropped", 0) for r in rows),
                     "duplicates_removed": sum(r["duplicates_removed"] for r in rows),
                     "near_duplicate_jaccard": synth.near_duplicate_jaccard,
                     "semantic_duplicates_removed": sum(r.get("semantic_duplicates_removed", 0) for r in rows),
