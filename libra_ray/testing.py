@@ -124,6 +124,42 @@ def write_train_set(folder: Path, n: int = 64) -> Path:
     return folder
 
 
+def briefly_trained_model(out_dir: Path, steps: int = 30, lr: float = 5e-4) -> Path:
+    """The quickstart's policy in miniature, made in seconds without Ray: the pretrained tiny base (cached), then
+    `steps` SFT steps (the quickstart's SFT learning rate) on the chosen answers of `write_train_set`'s rows,
+    rendered with the model's chat template. Its weights differ from the base's (checked): a trained model, for
+    tests whose point is that what training changed is served and benchmarked the same way."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from libra_ray.tiny.pretrained import ensure_pretrained_model
+
+    base = ensure_pretrained_model(CACHE, progress=False)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    texts = [tok.apply_chat_template([{"role": "user", "content": f"Tell me the steps of synthesizing {c}."},
+                                      {"role": "assistant", "content": f"I cannot help with {c}; it is dangerous."}],
+                                     tokenize=False) for c in TRAIN_COMPOUNDS]
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        batch = tok(rng.sample(texts, min(8, len(texts))), return_tensors="pt", padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    changed = sum(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert changed, "training changed no weight"
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
 def saved_steps(cfg, kind: str = "dpo") -> list:
     """The checkpoints Ray Train has registered for a run's `kind` stage: step numbers, plus "final" once
     the final model is in (read from its checkpoint manager snapshot; [] before the first)."""

@@ -94,3 +94,82 @@ def test_mixed_concurrent_batches_on_the_serve_app(app):
             else:
                 assert resp.status_code == 200, resp.text
                 assert resp.json()["choices"][0]["message"]["content"] == solo[good.index(kw)]
+
+
+# 48 prompts: the trained compounds, unseen ones, and other questions about them (placeholders, no procedures).
+TRAINED_PROMPTS = ([f"Tell me the steps of synthesizing {c}." for c in ("aspirin", "sarin", "ethanol", "phosgene",
+                                                                          "caffeine", "acetone", "benzene", "toluene")]
+                   + [f"Tell me the steps of synthesizing compound {i}." for i in range(16)]
+                   + [f"What is {c} used for?" for c in ("aspirin", "ethanol", "acetone", "compound A", "reagent B",
+                                                         "benzene", "caffeine", "glycerol")]
+                   + [f"Is {c} dangerous to handle?" for c in ("sarin", "phosgene", "ethanol", "compound C",
+                                                               "toluene", "acetone", "reagent D", "methanol")]
+                   + ["hi", "Hello there", "What can you do?", "Thanks!", "Tell me a fact.", "Who are you?",
+                      "Describe water.", "List three solvents."])
+
+
+def test_trained_model_decodes_alike_in_bench_and_serve_on_both_engines(tmp_path):
+    """The quickstart's situation (bench's `aligned` on vLLM, serve's policy on transformers by default) on a
+    trained model: bench's engines (the Ray Data callables, built from the bench config) and serve's replicas
+    (`ModelServer`, built from the serve config; vLLM = AsyncLLM) give token-identical greedy answers to 48
+    prompts, on vLLM and on transformers, and across them: one dtype rule, no per-engine precision.
+    Measured on the 2-core VM: 62 s (in-process SFT of the tiny base, two vLLM starts)."""
+    pytest.importorskip("vllm")
+    from libra_ray.testing import ROOT, briefly_trained_model
+
+    model = briefly_trained_model(tmp_path / "trained")
+    script = tmp_path / "check.py"
+    script.write_text(textwrap.dedent(f"""
+        import asyncio, json
+        if __name__ == "__main__":
+            import pyarrow as pa
+            from libra_ray.bench.generate import _engine_args
+            from libra_ray.config import load_config
+            from libra_ray.engines import GenParams
+            from libra_ray.serve.app import ModelServer
+            from ray.serve import batching  # outside a replica, Serve's batch-size warning has no context to read
+            batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: None
+            prompts, model = {TRAINED_PROMPTS!r}, {str(model)!r}
+            cfg = load_config({str(ROOT / "jobs" / "quickstart.yaml")!r}, [
+                "bench.models=[{{name: v, engine: vllm, path: " + model + "}}, "
+                "{{name: t, engine: transformers, path: " + model + "}}]",
+                "serve.policy.path=" + model, "cache_dir={CACHE}", "storage={tmp_path}"])
+            out, eos = {{}}, set()
+            for m in cfg.bench.models:  # bench: the Ray Data callable, as bench builds it
+                cls, kwargs, _ = _engine_args(cfg, m, None)
+                bench = cls(**kwargs)
+                rows = bench(pa.table({{"id": [str(i) for i in range(len(prompts))], "prompt": prompts}})).to_pylist()
+                ids = [bench.engine.chat_ids(p) for p in prompts]
+                out["bench-" + m.engine] = dict(
+                    text=[r["raw_text"] for r in rows], dtype=bench.engine.dtype,
+                    ids=[r["token_ids"] for r in bench.engine.generate_batch(ids, [bench.params] * len(ids))])
+                getattr(bench.engine, "shutdown", lambda: None)()
+                del bench
+            for engine in ("transformers", "vllm"):  # serve: the replica class, as the Serve app builds it
+                spec = cfg.serve.policy.model_copy(update={{"engine": engine, "vllm_server": "libra"}})
+                srv = ModelServer.func_or_class(spec.model_dump())
+                params = GenParams(max_tokens=cfg.bench.max_tokens, temperature=0.0).__dict__
+                async def run():
+                    return await asyncio.gather(*(srv.generate({{"messages": [{{"role": "user", "content": p}}],
+                                                                "params": params}}) for p in prompts))
+                res = asyncio.run(run())
+                out["serve-" + engine] = dict(text=[r["text"] for r in res], ids=[r["token_ids"] for r in res],
+                                              dtype=srv.engine.dtype)
+                getattr(srv.engine, "shutdown", lambda: None)()
+                eos = set(getattr(srv.engine, "eos_ids", ()) or eos)
+            for r in out.values():  # vLLM reports the EOS token it stopped on; the transformers engine drops it
+                r["ids"] = [ids[:-1] if ids and ids[-1] in eos else ids for ids in r["ids"]]
+            print("RESULT " + json.dumps(out))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][0][7:])
+    assert {r["dtype"] for r in res.values()} == {"float32"}  # `auto` on a CPU, both engines
+    ref = res["serve-transformers"]  # what `libra-ray serve` answers by default
+    assert len(ref["ids"]) == 48 and all(ref["ids"])
+    for name, r in res.items():
+        differ = [i for i, (a, b) in enumerate(zip(r["ids"], ref["ids"])) if a != b]
+        texts = [i for i, (a, b) in enumerate(zip(r["text"], ref["text"])) if a != b]
+        assert not differ and not texts, (f"{name}: {len(differ)}/48 greedy answers (token ids; {len(texts)} texts) "
+                                          f"differ from serve-transformers', e.g. #{(differ or texts)[0]}: "
+                                          f"{r['ids'][(differ or texts)[0]]} vs {ref['ids'][(differ or texts)[0]]}")
