@@ -88,7 +88,7 @@ def test_vllm_actors_and_api_baseline_full_report(ray_local, servers, tmp_path):
     lab = api_s["labelling"]
     assert lab["judge_routed"] == 125 and lab["judge_avoided"] == 176 and lab["by_source"]["local"] == 176
     md = open(summary["report"]["md"]).read()
-    assert "| tiny_vllm | vllm | 300 |" in md and "| api | openai | 301 |" in md
+    assert "| tiny_vllm | vllm (float32) | 300 |" in md and "| api | openai | 301 |" in md
     assert "## Refusal detector" in md and "a smoke check, not a measurement" in md
     assert open(summary["report"]["html"]).read().count("data:image/png;base64,") >= 2  # trade-off plot + by form
 
