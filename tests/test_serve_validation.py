@@ -30,6 +30,18 @@ class _Handle:
                 return answer()
 
         self.generate = _Generate()
+        self.bound: dict | None = {"name": "policy", "engine": "fake", "max_model_len": 100, "max_prompt_chars": 1000}
+
+        class _Info:
+            def remote(self):
+                async def answer():
+                    if handle.bound is None:
+                        raise RuntimeError("replica not started")
+                    return handle.bound
+
+                return answer()
+
+        self.info = _Info()
 
 
 @pytest.fixture
@@ -44,6 +56,7 @@ def client():
     ingress.cfg = ServeConfig(guard="off")
     ingress.key_hashes = []
     ingress.created = 0
+    ingress.bounds = {}
     app = FastAPI()
     for exc, handler in api.exception_handlers.items():  # the ingress's own error handlers
         app.add_exception_handler(exc, handler)
@@ -207,3 +220,26 @@ def test_null_content_and_conversations_without_a_user_message(client, messages,
 
 def test_stream_options_need_stream(client):
     _assert_400(client.post("/v1/chat/completions", json=_chat(stream_options={"include_usage": True})))
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", _chat(messages=[{"role": "system", "content": "s" * 600},
+                                             {"role": "user", "content": "u" * 401}])),
+    ("/v1/completions", {"model": "policy", "prompt": ["p" * 1001]}),
+])
+def test_a_prompt_over_the_replicas_bound_is_refused_before_it_is_sent(client, path, body):
+    """The ingress asks a replica for its character bound once and refuses a longer prompt itself: a 1 MB prompt
+    is not shipped to a replica just to be refused there (issue #25's head-of-line finding)."""
+    err = _assert_400(client.post(path, json=body), "messages")
+    assert err["code"] == "context_length_exceeded" and "1001 characters" in err["message"]
+    assert client.handle.calls == []  # never reached the engine
+    at_bound = _chat(messages=[{"role": "user", "content": "u" * 1000}])
+    assert client.post("/v1/chat/completions", json=at_bound).status_code == 200
+
+
+def test_without_the_bound_the_replica_decides(client):
+    """A replica that cannot tell its bound yet (still starting): the request goes on, the replica checks."""
+    client.handle.bound = None
+    assert client.post("/v1/chat/completions", json=_chat(messages=[{"role": "user", "content": "u" * 5000}])
+                       ).status_code == 200
+    assert len(client.handle.calls) == 1

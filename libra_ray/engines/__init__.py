@@ -14,7 +14,7 @@
 # padding, sampling): bench's generation key includes it, so stored answers of older decoding regenerate.
 DECODING_VERSION = 2
 
-from libra_ray.engines.base import Engine, chat_messages  # noqa: E402
+from libra_ray.engines.base import Engine, chat_messages, check_prompt_chars  # noqa: E402
 from libra_ray.engines.env import apply_vllm_env, vllm_env  # noqa: E402
 from libra_ray.engines.params import GREEDY_MAX_TEMPERATURE, GenParams, RequestError, truncate_at_stop  # noqa: E402
 
@@ -32,4 +32,4 @@ def __getattr__(name):  # lazy: importing the package must not import torch
 
 
 __all__ = ["GREEDY_MAX_TEMPERATURE", "Engine", "GenParams", "RequestError", "TransformersEngine", "VLLMEngine",
-           "apply_vllm_env", "chat_messages", "truncate_at_stop", "vllm_env"]
+           "apply_vllm_env", "chat_messages", "check_prompt_chars", "truncate_at_stop", "vllm_env"]

@@ -32,6 +32,16 @@ def prepare_tokenizer(tokenizer):
     return tokenizer
 
 
+def check_prompt_chars(texts: list[str], max_chars: int, max_model_len: int) -> None:
+    """A RequestError when `texts` have more characters than any prompt that fits `max_model_len` tokens
+    (`Engine.max_prompt_chars`). Shared by the engines and Serve's ingress, which checks it before the
+    request reaches a replica."""
+    chars = sum(len(t) for t in texts)
+    if chars > max_chars:
+        raise RequestError(f"prompt too long: {chars} characters cannot fit this model's maximum context "
+                           f"length of {max_model_len} tokens", "context_length_exceeded", "messages")
+
+
 class Engine:
     """Base class. Subclasses set `tokenizer`, `max_model_len` and implement `_generate`."""
 
@@ -51,10 +61,7 @@ class Engine:
 
     def check_chars(self, texts: list[str]) -> None:
         """The cheap bound, before any templating or tokenising: a RequestError for a prompt too long."""
-        chars, limit = sum(len(t) for t in texts), self.max_prompt_chars()
-        if chars > limit:
-            raise RequestError(f"prompt too long: {chars} characters cannot fit this model's maximum context "
-                               f"length of {self.max_model_len} tokens", "context_length_exceeded", "messages")
+        check_prompt_chars(texts, self.max_prompt_chars(), self.max_model_len)
 
     def prepare(self, req: dict) -> tuple[list[int], GenParams]:
         """A Serve request dict ({"messages"} or {"prompt"}, "params") as prompt ids and checked params;

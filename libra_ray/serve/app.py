@@ -32,7 +32,8 @@ from ray import serve
 from libra_ray.credentials import get_credential
 from libra_ray.serve.config import ServeConfig, ServedModelConfig
 from libra_ray.engines.params import SEED_MAX, SEED_MIN
-from libra_ray.serve.engines import GenParams, RequestError, make_engine, params_from_request, served_identity
+from libra_ray.serve.engines import (GenParams, RequestError, check_prompt_chars, make_engine, params_from_request,
+                                    served_identity)
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,9 @@ class ModelServer:
         return True
 
     def info(self) -> dict:
-        return {"name": self.spec.name, "engine": self.spec.engine, "max_model_len": self.engine.max_model_len}
+        """What the ingress checks before sending a request here (`max_prompt_chars`: the cheap length bound)."""
+        return {"name": self.spec.name, "engine": self.spec.engine, "max_model_len": self.engine.max_model_len,
+                "max_prompt_chars": self.engine.max_prompt_chars()}
 
     def __del__(self):
         shutdown = getattr(getattr(self, "engine", None), "shutdown", None)
@@ -406,6 +409,7 @@ class OpenAIIngress:
         self.cfg = ServeConfig.model_validate(options)
         self.key_hashes = key_hashes
         self.created = int(time.time())
+        self.bounds: dict[str, dict] = {}  # served name -> its replicas' `info()` (max_prompt_chars, ...)
 
     # ---- helpers
     def _auth(self, request: Request) -> None:
@@ -436,6 +440,21 @@ class OpenAIIngress:
             raise APIError(404, f"the model {model!r} does not exist; served: {', '.join(sorted(self.models))}",
                            code="model_not_found", param="model")
         return self.models[model]
+
+    async def _check_chars(self, model: str, texts: list[str]) -> None:
+        """The replica's cheap length bound, checked here: a prompt too long for the model is refused before
+        it is sent to a replica (a few 1 MB prompts must not slow the requests beside them)."""
+        bound = self.bounds.get(model)
+        if bound is None:
+            try:
+                bound = await asyncio.wait_for(self._handle(model).info.remote(), self.cfg.health_timeout_s)
+            except Exception:  # not started yet: the replica checks the bound itself
+                return
+            self.bounds[model] = bound
+        try:
+            check_prompt_chars(texts, bound["max_prompt_chars"], bound["max_model_len"])
+        except RequestError as err:
+            raise APIError(400, str(err), code=err.code, param=err.param) from None
 
     def _params(self, req: _Sampling) -> dict:
         try:
@@ -522,7 +541,9 @@ class OpenAIIngress:
     async def chat(self, request: Request):
         req = _validate(ChatRequest, await self._body(request))
         self._handle(req.model)
-        payload = {"messages": [{"role": m.role, "content": m.text()} for m in req.messages], "params": self._params(req)}
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        await self._check_chars(req.model, [m["content"] for m in messages])
+        payload = {"messages": messages, "params": self._params(req)}
         return await self._respond(req, payload, chat=True)
 
     @api.post("/v1/completions")
@@ -535,6 +556,7 @@ class OpenAIIngress:
                 raise APIError(400, "send one prompt per request (a list of exactly one string)", code="invalid_value",
                                param="prompt")
             prompt = prompt[0]
+        await self._check_chars(req.model, [prompt])
         return await self._respond(req, {"prompt": prompt, "params": self._params(req)}, chat=False)
 
     async def _respond(self, req: _Sampling, payload: dict, chat: bool):

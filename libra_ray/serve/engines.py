@@ -8,7 +8,7 @@ turning an OpenAI request body into `GenParams`. All decoding logic lives in `li
 
 from __future__ import annotations
 
-from libra_ray.engines import GenParams, RequestError, truncate_at_stop
+from libra_ray.engines import GenParams, RequestError, check_prompt_chars, truncate_at_stop
 from libra_ray.engines.transformers_engine import TransformersEngine
 from libra_ray.engines.vllm_engine import VLLMEngine
 
@@ -47,5 +47,5 @@ def params_from_request(req: dict, limit: int) -> GenParams:
                      top_p=1.0 if top_p is None else top_p, stop=stop, seed=req.get("seed")).check()
 
 
-__all__ = ["GenParams", "RequestError", "TransformersEngine", "VLLMEngine", "make_engine", "params_from_request",
+__all__ = ["GenParams", "RequestError", "TransformersEngine", "check_prompt_chars", "VLLMEngine", "make_engine", "params_from_request",
            "served_identity", "truncate_at_stop"]

@@ -162,6 +162,11 @@ class RayLLMModelServer(LLMServer):
         """Readiness: the replica answers (the ingress's `/health` asks every model)."""
         return True
 
+    async def info(self) -> dict:
+        """What the ingress checks before sending a request here (as `ModelServer.info`)."""
+        return {"name": self.spec.name, "engine": "vllm", "max_model_len": self.prompts.max_model_len,
+                "max_prompt_chars": self.prompts.max_prompt_chars()}
+
     async def generate(self, req: dict) -> dict:
         try:
             ids, request = await self._prepare(req, stream=False)
