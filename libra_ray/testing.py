@@ -307,3 +307,95 @@ def files_containing(roots: list, needle: str) -> list[str]:
                 if found:
                     hits.append(path)
     return hits
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants (a vLLM replica's engine core and workers), MiB."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def process_rss_mib(pid: int) -> dict[str, float]:
+    """Resident memory of a process and of each descendant, MiB, keyed by process name (a vLLM replica: the
+    replica, `VLLM::EngineCore`, `VLLM::Worker`...; repeated names get a suffix)."""
+    import psutil
+
+    proc, out = psutil.Process(pid), {}
+    for i, p in enumerate([proc, *proc.children(recursive=True)]):
+        with contextlib.suppress(psutil.Error):
+            name = "replica" if i == 0 else p.name()
+            out[name if name not in out else f"{name}#{i}"] = p.memory_info().rss / 2**20
+    return out
+
+
+@dataclass
+class SoakResult:
+    """RSS (MiB, process tree) of each watched replica after every round, and every request's status."""
+
+    samples: dict[str, list[float]]
+    statuses: list[int]
+    seconds: float
+
+    def growth(self, name: str) -> tuple[float, float]:
+        """Growth over the first half of the rounds and over the second half, MiB."""
+        rss, half = self.samples[name], len(self.samples[name]) // 2
+        return rss[half - 1] - rss[0], rss[-1] - rss[half - 1]
+
+    def levels_off(self, name: str, noise_mib: float = 16.0) -> bool:
+        """The second half grows by at most half the first half's growth (plus allocator noise)."""
+        first, second = self.growth(name)
+        return second <= max(first, 0) / 2 + noise_mib
+
+    def summary(self) -> dict:
+        out: dict = {"requests": len(self.statuses), "seconds": round(self.seconds, 1)}
+        for name, rss in self.samples.items():
+            first, second = self.growth(name)
+            out[name] = {"rss_mib_first": round(rss[0], 1), "rss_mib_last": round(rss[-1], 1),
+                         "growth_first_half_mib": round(first, 1), "growth_second_half_mib": round(second, 1),
+                         "levels_off": self.levels_off(name)}
+        return out
+
+
+def soak(base_url: str, pids: dict[str, int], rounds: int, per_round: int, in_flight: int = 16,
+         model: str = "policy", log: Callable[[str], None] | None = None,
+         extra: dict[str, Callable[[], float]] | None = None) -> SoakResult:
+    """Rounds of mixed requests against a served model (non-streamed with a seed, streamed, and 1 in 8 malformed,
+    which must stay a 4xx); the RSS of each process tree in `pids` after every round, and each `extra` figure."""
+    import concurrent.futures as cf
+
+    import httpx
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=120)
+    statuses: list[int] = []
+
+    def one(i: int) -> None:
+        msgs = [{"role": "user", "content": f"request {i}: tell me about compound {i % 17}"}]
+        if i % 8 == 7:
+            r = httpx.post(base_url + "/chat/completions", timeout=60,
+                           json={"model": model, "messages": msgs, "max_tokens": "8"})
+            statuses.append(r.status_code)
+        elif i % 2:
+            list(client.chat.completions.create(model=model, messages=msgs, max_tokens=24, stream=True))
+            statuses.append(200)
+        else:
+            client.chat.completions.create(model=model, messages=msgs, max_tokens=24, seed=i)
+            statuses.append(200)
+
+    measures = {name: (lambda pid=pid: tree_rss_mib(pid)) for name, pid in pids.items()} | (extra or {})
+    samples: dict[str, list[float]] = {name: [] for name in measures}
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(in_flight) as pool:
+        for r in range(rounds):
+            list(pool.map(one, range(r * per_round, (r + 1) * per_round)))
+            for name, measure in measures.items():
+                samples[name].append(measure())
+            if log:
+                log(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {s[-1]:.1f} MiB" for n, s in samples.items()))
+    return SoakResult(samples, statuses, time.monotonic() - t0)

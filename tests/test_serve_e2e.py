@@ -221,21 +221,16 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
 def test_soak_memory_per_replica_levels_off(ray_local, tmp_path):
     """Bounded soak (transformers engine, one replica per deployment): 12 rounds of 96 requests (non-streamed,
     streamed, and malformed ones) at 16 in flight; each replica's RSS after every round. The growth over the
-    second half must stay under half the first half's (plus 16 MiB of allocator noise): memory levels off."""
+    second half must stay under half the first half's (plus 16 MiB of allocator noise): memory levels off.
+    The vLLM paths: `python -m benchmarks.serve_soak` (serve/README.md)."""
     import json
-    import statistics
 
     from libra_ray.config import load_config
     from libra_ray.serve import serving
-    from libra_ray.testing import pids_mentioning
+    from libra_ray.testing import pids_mentioning, soak
 
     cfg = load_config(None, [
         f"storage={tmp_path}", f"cache_dir={CACHE}", "serve.port=0", "serve.policy.path=tiny",
@@ -245,39 +240,8 @@ def test_soak_memory_per_replica_levels_off(ray_local, tmp_path):
     with serving(cfg) as app:
         replicas = {name: pids_mentioning(f"ServeReplica:{app.name}:{name}") for name in ("ingress", "model-policy")}
         assert all(len(p) == 1 for p in replicas.values()), replicas
-        pids = {name: p[0] for name, p in replicas.items()}
-        client = openai.OpenAI(base_url=app.base_url, api_key="none", max_retries=0, timeout=120)
-        statuses: list[int] = []
-
-        def one(i: int) -> None:
-            msgs = [{"role": "user", "content": f"request {i}: tell me about compound {i % 17}"}]
-            if i % 8 == 7:  # malformed: must stay a 4xx
-                r = httpx.post(app.base_url + "/chat/completions", timeout=60,
-                               json={"model": "policy", "messages": msgs, "max_tokens": "8"})
-                statuses.append(r.status_code)
-            elif i % 2:
-                list(client.chat.completions.create(model="policy", messages=msgs, max_tokens=24, stream=True))
-                statuses.append(200)
-            else:
-                client.chat.completions.create(model="policy", messages=msgs, max_tokens=24, seed=i)
-                statuses.append(200)
-
-        rounds, per_round = 12, 96
-        samples = {name: [] for name in pids}
-        t0 = time.monotonic()
-        with cf.ThreadPoolExecutor(16) as pool:
-            for r in range(rounds):
-                list(pool.map(one, range(r * per_round, (r + 1) * per_round)))
-                for name, pid in pids.items():
-                    samples[name].append(_rss_mib(pid))
-        elapsed = time.monotonic() - t0
-    assert sorted(set(statuses)) == [200, 400]
-    half = rounds // 2
-    report = {"requests": rounds * per_round, "seconds": round(elapsed, 1)}
-    for name, rss in samples.items():
-        first, second = rss[half - 1] - rss[0], rss[-1] - rss[half - 1]
-        report[name] = {"rss_mib_first": round(rss[0], 1), "rss_mib_last": round(rss[-1], 1),
-                        "growth_first_half_mib": round(first, 1), "growth_second_half_mib": round(second, 1),
-                        "median_mib": round(statistics.median(rss), 1)}
-        assert second <= max(first, 0) / 2 + 16, (name, rss)
-    print("soak:", json.dumps(report))
+        result = soak(app.base_url, {name: p[0] for name, p in replicas.items()}, rounds=12, per_round=96)
+    assert sorted(set(result.statuses)) == [200, 400]
+    print("soak:", json.dumps(result.summary()))
+    for name, rss in result.samples.items():
+        assert result.levels_off(name), (name, rss)
