@@ -51,7 +51,9 @@ def init_local_ray(attempts: int = 3, **init_kwargs) -> None:
     cleanup_dead_local_sessions()
     for attempt in range(1, attempts + 1):
         try:
-            ray.init(**init_kwargs)
+            port = int(os.environ.get(GCS_PORT_ENV) or 0) or _free_port()  # a port the user chose wins
+            with _environ(GCS_PORT_ENV, str(port)):
+                ray.init(**_knowing_own_address(init_kwargs, port))
             _record_local_session()
             return
         except Exception as err:  # Ray raises a bare Exception for the registration timeout
@@ -60,6 +62,44 @@ def init_local_ray(attempts: int = 3, **init_kwargs) -> None:
             log.warning("local Ray start timed out (attempt %d/%d); retrying", attempt, attempts)
             ray.shutdown()
             _kill_orphaned_ray_children()
+
+
+# Ray reads the head's GCS port from this variable (ray._private.ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE).
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"
+
+
+def _knowing_own_address(init_kwargs: dict, port: int) -> dict:
+    """`ray.init` arguments whose workers know their cluster: RAY_ADDRESS = this cluster's GCS, chosen
+    before the start. Code in a worker that finds "its" cluster by looking for GCS processes on the
+    machine (Ray Train's PlacementGroupCleaner polls the State API that way every second) otherwise fails
+    with `ConnectionError: Found multiple active Ray instances` (a traceback) as soon as another Ray
+    cluster runs on the same machine, or reaches the one a `ray start` recorded. A RAY_ADDRESS the
+    caller's runtime_env sets wins."""
+    runtime_env = dict(init_kwargs.get("runtime_env") or {})
+    runtime_env["env_vars"] = {"RAY_ADDRESS": f"127.0.0.1:{port}", **(runtime_env.get("env_vars") or {})}
+    return {**init_kwargs, "runtime_env": runtime_env}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _environ(key: str, value: str) -> Iterator[None]:
+    """`key=value` in this process's environment for the block (what Ray's node start reads), then as before."""
+    old = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
 
 def _kill_orphaned_ray_children() -> None:

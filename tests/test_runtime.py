@@ -43,7 +43,9 @@ def test_local_start_retries_only_the_registration_timeout(monkeypatch):
     monkeypatch.setattr(ray, "init", flaky_init)
     monkeypatch.setattr(runtime, "_kill_orphaned_ray_children", lambda: None)
     runtime.init_local_ray(num_cpus=1)
-    assert len(calls) == 2 and calls[1] == {"num_cpus": 1}
+    assert len(calls) == 2 and calls[1]["num_cpus"] == 1
+    # Each attempt pins its own GCS port and tells the workers (RAY_ADDRESS): see the e2e test below.
+    assert calls[1]["runtime_env"]["env_vars"]["RAY_ADDRESS"].startswith("127.0.0.1:")
 
     def broken_init(**kwargs):
         raise ValueError("bad argument")
@@ -92,3 +94,4 @@ def test_next_local_start_stops_only_the_leftovers_of_dead_drivers(monkeypatch, 
         for p in (live_driver, leftover, live_child, unrelated):
             p.kill()
             p.wait()
+

@@ -10,7 +10,8 @@ import torch.distributed as dist
 
 from libra_ray.config import ConfigError, load_config
 from libra_ray.train import distributed
-from libra_ray.train.metrics import (StepTimer, device_peak_flops, flops_per_token_factor, linear_params, mfu)
+from libra_ray.train.metrics import (StepTimer, device_peak_flops, flops_per_token_factor, linear_params, mfu,
+                                     shows_progress)
 from libra_ray.train.worker import _peak_memory, _trainer_args, load_dtype
 
 
@@ -177,3 +178,12 @@ def test_a_short_run_still_has_one_steady_step():
     timer.logged(2, 60.0)
     f = timer.figures()
     assert f["steady_steps"] == "2-2" and f["steady_sec_per_step"] == 1.0 and f["steady_tokens_per_s"] == 30.0
+
+
+def test_progress_lines_first_evenly_spaced_and_last():
+    """The quickstart's SFT (200 steps): 21 lines, not 200; the last step is shown even off the grid."""
+    assert [s for s in range(1, 201) if shows_progress(s, 200, 20)] == [1] + list(range(10, 201, 10))
+    assert [s for s in range(1, 24) if shows_progress(s, 23, 5)] == [1, 5, 10, 15, 20, 23]
+    assert all(shows_progress(s, 20, 20) for s in range(1, 21))  # fewer steps than lines: every one
+    assert all(shows_progress(s, 200, 0) for s in range(1, 201))  # 0: every logged step
+    assert all(shows_progress(s, -1, 20) for s in (1, 2, 3))  # steps unknown: every one

@@ -186,8 +186,9 @@ class VLLMEngine(_SharedEngine):
                          system_prompt=system_prompt, task=task)
 
     def __del__(self):
-        # Ray Data calls this when it shuts the actor pool down, before the actor process exits: vLLM's
-        # processes stop and clean up now, not after Ray has stopped the actor (see Shared.shutdown).
+        # vLLM's processes stop while this actor is alive: here if this callable is collected first, else by the
+        # engine's atexit hook. Ray leaves them running until then (the actor's runtime_env,
+        # engines.env.VLLM_ACTOR_RUNTIME_ENV); see Shared.shutdown.
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()

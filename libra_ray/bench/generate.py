@@ -22,6 +22,7 @@ from libra_ray._config_base import join_uri
 from libra_ray.bench import store
 from libra_ray.bench.engines import OUTPUT_COLUMNS, OpenAIEngine, TransformersEngine, VLLMEngine, chat_messages
 from libra_ray.bench.fingerprint import generation_fingerprint, generation_key, model_dtype
+from libra_ray.engines.env import VLLM_ACTOR_RUNTIME_ENV
 from libra_ray.policy.rules import split_reasoning
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ def _engine_args(cfg: "PipelineConfig", model: "BenchModelConfig", base_url: str
     kwargs = dict(model=path, max_model_len=b.max_model_len, seed=b.seed, tensor_parallel_size=b.tensor_parallel_size,
                   gpu_memory_utilization=b.gpu_memory_utilization, enforce_eager=b.enforce_eager,
                   kv_cache_gib=b.kv_cache_gib, engine_kwargs=model.engine_kwargs, **common)
-    return VLLMEngine, kwargs, {"num_cpus": b.num_cpus, "num_gpus": b.num_gpus}
+    return VLLMEngine, kwargs, {"num_cpus": b.num_cpus, "num_gpus": b.num_gpus,
+                                "runtime_env": VLLM_ACTOR_RUNTIME_ENV}
 
 
 def _local_model(cfg: "PipelineConfig", model: "BenchModelConfig") -> str:

@@ -17,3 +17,13 @@ def apply_vllm_env(kv_cache_gib: int = 1) -> None:
     """Set `vllm_env` in this process before vLLM is imported (values the user exported win)."""
     for key, value in vllm_env(kv_cache_gib).items():
         os.environ.setdefault(key, value)
+
+
+# The Ray `runtime_env` of an actor that runs vLLM (bench's Ray Data actors). Ray's graceful actor exit
+# SIGKILLs the actor's direct children (`kill_child_processes_on_worker_exit`) before `__ray_shutdown__` and
+# atexit hooks run: the multiprocessing resource tracker and vLLM's EngineCore died first; vLLM's worker (a
+# grandchild) survived, cleaned up its shared memory and semaphores, and unregistered them with a freshly
+# relaunched tracker that had never seen them (`KeyError: '/psm_...'`, `'/loky-...'` tracebacks), while
+# EngineCore's segments stayed in /dev/shm. With it off for this actor, `VLLMEngine.shutdown` (atexit) stops
+# vLLM in order while the tracker lives; Ray's per-worker process-group cleanup still kills what is left.
+VLLM_ACTOR_RUNTIME_ENV = {"env_vars": {"RAY_kill_child_processes_on_worker_exit": "false"}}

@@ -10,6 +10,7 @@ Prompts go in as token ids made with the shared chat-template/tokenisation code.
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import uuid
 import weakref
@@ -156,11 +157,11 @@ class VLLMEngine(Engine):
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop vLLM's engine processes (engine core, worker) and wait until every one has exited, while this
-        process is alive: called by the bench actor's __del__, at the latest by the atexit hook registered in
-        __init__ (it runs before vLLM's own exit-time finalizers), never left to the interpreter's teardown.
-        Note: vLLM's worker still prints resource-tracker `KeyError: '/psm_...'` tracebacks after this
-        in a Ray Data actor, not in a plain process (measured 2026-12-04; tests/test_headline_claim_e2e.py keeps
-        it as a strict xfail)."""
+        process and its resource tracker are alive: called by the bench actor's __del__, at the latest by the
+        atexit hook registered in __init__ (it runs before vLLM's own exit-time finalizers), never left to the
+        interpreter's teardown. In a Ray actor this needs the actor's children alive at exit
+        (`engines.env.VLLM_ACTOR_RUNTIME_ENV`). vLLM gets the same `timeout` to stop its engine core (its own
+        default, 5 s, SIGKILLs an engine core still tearing down on a loaded machine)."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
@@ -171,8 +172,8 @@ class VLLMEngine(Engine):
         stop = getattr(llm, "shutdown", None) or getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None),
                                                            "shutdown", None)
         try:
-            if stop is not None:
-                stop()
+            if stop is not None:  # an older vLLM's shutdown takes no timeout
+                stop(**({"timeout": timeout} if "timeout" in inspect.signature(stop).parameters else {}))
         except Exception:  # best effort on teardown
             log.debug("vLLM shutdown failed", exc_info=True)
         _, alive = psutil.wait_procs(started, timeout=timeout)

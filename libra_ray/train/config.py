@@ -95,6 +95,9 @@ class TrainConfig(StrictModel):
                               "FailureConfig); -1 = retry forever")
     seed: int = Field(default=0, description="training and data-order seed (TRL seed, data_seed)")
     logging_steps: int = Field(default=1, ge=1, description="log metrics every N steps (TRL logging_steps)")
+    progress_lines: int = Field(default=20, ge=0, description="progress lines printed per training phase: the "
+                                "first step, about this many evenly spaced and the last (0: every logged step); "
+                                "the tracker still gets every logged step")
     tracker: Literal["mlflow", "wandb"] | None = Field(default=None, description="optional experiment tracking via "
                                                        "Ray's integrations (the package must be installed)")
 

@@ -77,8 +77,9 @@ def check_resources(cfg: "PipelineConfig") -> None:
 
 
 def _fingerprint(cfg: "PipelineConfig", model: str, dataset: str) -> dict:
-    """What the final model depends on: a finished run with the same one is not trained again."""
-    return {"model": model, "dataset": dataset, "train": cfg.train.model_dump(mode="json")}
+    """What the final model depends on: a finished run with the same one is not trained again (how much of
+    the progress is printed is not part of it)."""
+    return {"model": model, "dataset": dataset, "train": cfg.train.model_dump(mode="json", exclude={"progress_lines"})}
 
 
 def run_name(cfg: "PipelineConfig", kind: str, fingerprint: dict) -> str:

@@ -71,6 +71,15 @@ def flops_per_token_factor(kind: str, *, lora: bool, reference_forward: bool) ->
     return k
 
 
+def shows_progress(step: int, max_steps: int, lines: int) -> bool:
+    """Whether the progress line of this (logged) step is printed: the first step, every
+    ceil(max_steps / lines)-th step (about `lines` lines in all) and the last; every step when `lines` is 0
+    or the number of steps is unknown (max_steps <= 0)."""
+    if lines <= 0 or max_steps <= 0 or step <= 1 or step >= max_steps:
+        return True
+    return step % -(-max_steps // lines) == 0
+
+
 def mfu(tokens_per_s: float | None, flops_per_token: float | None, devices: int, peak_flops: float | None) -> float | None:
     """Model FLOPs utilisation in [0, 1]; None when a factor is unknown (on CPU without a peak override)."""
     if not tokens_per_s or not flops_per_token or not peak_flops or devices < 1:

@@ -66,14 +66,16 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
-def _make_report_callback(kind: str, rank: int, local_rank: int, tracker, figures: dict | None = None):
-    """`figures`: model facts for the MFU on the progress line (flops_per_token, peak_flops, devices)."""
+def _make_report_callback(kind: str, rank: int, local_rank: int, tracker, figures: dict | None = None,
+                          progress_lines: int = 0):
+    """`figures`: model facts for the MFU on the progress line (flops_per_token, peak_flops, devices);
+    `progress_lines`: how many progress lines to print (`metrics.shows_progress`; 0: every logged step)."""
     import ray.train
     import torch.distributed as dist
     from transformers import TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    from libra_ray.train.metrics import StepTimer, mfu
+    from libra_ray.train.metrics import StepTimer, mfu, shows_progress
 
     figures = figures or {}
 
@@ -105,7 +107,7 @@ def _make_report_callback(kind: str, rank: int, local_rank: int, tracker, figure
             util = _gpu_utilization() if figures.get("on_gpu") else None
             if util is not None and len(self.timer.steps) > self.timer.warmup_steps:
                 self.gpu_util.append(util)
-            if rank == 0:
+            if rank == 0 and shows_progress(state.global_step, state.max_steps, progress_lines):
                 extra = ""
                 if kind == "dpo":
                     extra = (f" acc {logs.get('rewards/accuracies', float('nan')):.2f}"
@@ -116,8 +118,8 @@ def _make_report_callback(kind: str, rank: int, local_rank: int, tracker, figure
                       f" | {sec_per_step:.2f} s/step {tok_s:,.0f} tok/s"
                       + (f" MFU {100 * rate:.1f}%" if rate is not None else "")
                       + (f" GPU {util:.0f}%" if util is not None else ""), flush=True)
-                if tracker is not None:
-                    tracker.log_metrics(metrics, step=state.global_step)
+            if rank == 0 and tracker is not None:
+                tracker.log_metrics(metrics, step=state.global_step)
             # Not reported to Ray here: a report waits for the controller's 2 s poll, which would
             # dominate small steps; the latest metrics ride along with each checkpoint report instead.
 
@@ -377,7 +379,7 @@ def train_loop_per_worker(config: dict) -> None:
     if t["tracker"] and rank == 0:
         tracker = _Tracker(t["tracker"], config["run_name"], {"kind": kind, **t})
     figures = _model_figures(kind, t, model_path, on_gpu, world)
-    callback = _make_report_callback(kind, rank, local_rank, tracker, figures)
+    callback = _make_report_callback(kind, rank, local_rank, tracker, figures, t["progress_lines"])
     if kind == "sft":
         from trl import SFTTrainer as Trainer
     else:
