@@ -194,6 +194,10 @@ class ScriptedModel:
     def seen(self) -> list[dict]:
         return self.requests
 
+    def info(self) -> dict:
+        """The bound the ingress checks first (as `ModelServer.info`): no tokenizer here, so a generous one."""
+        return {"name": "scripted", "engine": "scripted", "max_model_len": 1024, "max_prompt_chars": 1_000_000}
+
     def _result(self, req: dict) -> dict:
         self.requests.append(req)
         if self.reply == FAIL:
