@@ -106,7 +106,8 @@ def bench_serve_app(cfg, engine: str, levels, per_level, max_tokens) -> dict:
 
 
 def bench_vllm_api_server(model_path: str, levels, per_level, max_tokens, dtype: str = "auto") -> dict:
-    from libra_ray.serve.server import free_port, wait_healthy
+    from libra_ray.runtime import free_port
+    from libra_ray.serve.server import wait_healthy
 
     port = free_port()
     from libra_ray.engines.env import vllm_env

@@ -56,3 +56,26 @@ def result_path(out: str | None, name: str, smoke: bool) -> Path:
         raise SystemExit(2)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def set_offline_env() -> None:
+    """The offline defaults every benchmark that starts Ray runs under (values the caller exported win)."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+SERVE_PATHS = ("transformers", "libra", "ray_serve_llm")
+
+
+def with_serve_path(cfg, path: str):
+    """A copy of `cfg` whose served policy runs on `path`: the transformers engine, or vLLM in our own
+    `ModelServer` (`libra`) or on Ray Serve LLM (`ray_serve_llm`)."""
+    cfg = cfg.model_copy(deep=True)
+    policy = cfg.serve.policy
+    policy.engine = "transformers" if path == "transformers" else "vllm"
+    if path != "transformers":
+        policy.vllm_server = path
+    return cfg

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import os
 import socket
 import statistics
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from benchmarks.common import add_smoke_arg, print_stamp, result_path
+from benchmarks.common import SERVE_PATHS, add_smoke_arg, print_stamp, result_path, set_offline_env, with_serve_path
 
 ROOT = Path(__file__).resolve().parents[1]
 MSGS = [{"role": "user", "content": "Tell me about compound A."}]
@@ -164,11 +163,7 @@ def stream_equality(base_url: str, n: int) -> dict:
 def probe_path(cfg, path: str, repeats: int, n_stream: int) -> dict:
     from libra_ray.serve import serving
 
-    cfg = cfg.model_copy(deep=True)
-    p = cfg.serve.policy
-    p.engine = "transformers" if path == "transformers" else "vllm"
-    if path != "transformers":
-        p.vllm_server = path
+    cfg = with_serve_path(cfg, path)
     t0 = time.perf_counter()
     with serving(cfg) as app:
         ready = round(time.perf_counter() - t0, 1)
@@ -199,8 +194,8 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--paths", nargs="+", default=["transformers", "libra", "ray_serve_llm"],
-                        choices=["transformers", "libra", "ray_serve_llm"])
+    parser.add_argument("--paths", nargs="+", default=list(SERVE_PATHS),
+                        choices=SERVE_PATHS)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--dtype", default="float32", help="vLLM dtype (float32 = as the transformers engine)")
     parser.add_argument("--out", default=None, help="result JSON (default: results/serve_probe.json)")
@@ -208,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = result_path(args.out, "serve_probe", args.smoke)
     stamp = print_stamp("serve_probe")
-    for k, v in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("RAY_USAGE_STATS_ENABLED", "0")):
-        os.environ.setdefault(k, v)
+    set_offline_env()
     from libra_ray.config import load_config
     from libra_ray.runtime import ray_session
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-from benchmarks.common import add_smoke_arg, print_stamp, result_path
+from benchmarks.common import SERVE_PATHS, add_smoke_arg, print_stamp, result_path, set_offline_env, with_serve_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,11 +25,7 @@ def soak_path(cfg, path: str, rounds: int, per_round: int, in_flight: int) -> di
     from libra_ray.serve import serving
     from libra_ray.testing import pids_mentioning, process_rss_mib, soak
 
-    cfg = cfg.model_copy(deep=True)
-    p = cfg.serve.policy
-    p.engine = "transformers" if path == "transformers" else "vllm"
-    if path != "transformers":
-        p.vllm_server = path
+    cfg = with_serve_path(cfg, path)
     with serving(cfg) as app:
         found = {name: pids_mentioning(f"ServeReplica:{app.name}:{name}") for name in ("ingress", "model-policy")}
         if any(len(pids) != 1 for pids in found.values()):
@@ -62,7 +57,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--paths", nargs="+", default=["libra", "ray_serve_llm"],
-                        choices=["transformers", "libra", "ray_serve_llm"])
+                        choices=SERVE_PATHS)
     parser.add_argument("--rounds", type=int, default=16, help="rounds (an even number; RSS sampled after each)")
     parser.add_argument("--per-round", type=int, default=256, help="requests per round")
     parser.add_argument("--in-flight", type=int, default=32, help="concurrent requests")
@@ -75,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.per_round = 2, 16
     out = result_path(args.out, "serve_soak", args.smoke)
     stamp = print_stamp("serve_soak")
-    for k, v in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("RAY_USAGE_STATS_ENABLED", "0")):
-        os.environ.setdefault(k, v)
+    set_offline_env()
     from libra_ray.config import load_config
     from libra_ray.runtime import ray_session
 

@@ -51,7 +51,7 @@ def init_local_ray(attempts: int = 3, **init_kwargs) -> None:
     cleanup_dead_local_sessions()
     for attempt in range(1, attempts + 1):
         try:
-            port = int(os.environ.get(GCS_PORT_ENV) or 0) or _free_port()  # a port the user chose wins
+            port = int(os.environ.get(GCS_PORT_ENV) or 0) or free_port()  # a port the user chose wins
             with _environ(GCS_PORT_ENV, str(port)):
                 ray.init(**_knowing_own_address(init_kwargs, port))
             _record_local_session()
@@ -80,11 +80,12 @@ def _knowing_own_address(init_kwargs: dict, port: int) -> dict:
     return {**init_kwargs, "runtime_env": runtime_env}
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (bound, then closed)."""
     import socket
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

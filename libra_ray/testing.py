@@ -17,18 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from libra_ray.runtime import free_port  # noqa: F401  (tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "libra_ray"
 
 # A scripted model's reply that makes it raise instead (a judge that fails).
 FAIL = "<scripted failure>"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (bound, then closed)."""
-    from libra_ray.serve.server import free_port as _free_port
-
-    return _free_port(host)
 
 
 def free_ports(n: int) -> list[int]:

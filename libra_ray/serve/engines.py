@@ -47,5 +47,5 @@ def params_from_request(req: dict, limit: int) -> GenParams:
                      top_p=1.0 if top_p is None else top_p, stop=stop, seed=req.get("seed")).check()
 
 
-__all__ = ["GenParams", "RequestError", "TransformersEngine", "check_prompt_chars", "VLLMEngine", "make_engine", "params_from_request",
-           "served_identity", "truncate_at_stop"]
+__all__ = ["GenParams", "RequestError", "TransformersEngine", "VLLMEngine", "check_prompt_chars", "make_engine",
+           "params_from_request", "served_identity", "truncate_at_stop"]

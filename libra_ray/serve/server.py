@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from libra_ray.runtime import free_port
 from libra_ray.serve.config import ServeConfig, ServedModelConfig
 
 log = logging.getLogger(__name__)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass
