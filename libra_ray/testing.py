@@ -52,6 +52,15 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, step:
         time.sleep(step)
 
 
+def serve_replica_log(app_name: str, deployment: str) -> str:
+    """The Serve log files of a deployment's replicas in this driver's Ray session, as one text (where the
+    replica's request log lines go)."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    return "".join(f.read_text(errors="replace") for f in sorted(logs.glob(f"replica_{app_name}_{deployment}_*.log")))
+
+
 def pids_mentioning(text: str) -> list[int]:
     """Processes (other than this one) whose command line contains `text`, from /proc."""
     pids = []

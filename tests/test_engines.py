@@ -212,3 +212,42 @@ def test_vllm_shutdown_kills_an_engine_process_that_does_not_exit():
     started = time.monotonic()
     engine.shutdown(timeout=1)
     assert not psutil.pid_exists(proc.pid) and time.monotonic() - started < 10
+
+
+
+# Run in a child process: dictConfig closes every handler of the process it runs in (pytest's included).
+_REQUEST_LOG_SCRIPT = """
+import contextlib, io, logging, logging.config, logging.handlers, sys
+from libra_ray.engines.env import log_handlers_kept
+
+out = io.StringIO()  # wired as Ray Serve wires a replica's request log: a MemoryHandler (capacity 1) over a stream
+buffered = logging.handlers.MemoryHandler(1, target=logging.StreamHandler(out))
+log = logging.getLogger("ray.serve")
+log.propagate, log.handlers = False, [buffered]
+log.setLevel(logging.INFO)
+with log_handlers_kept() if sys.argv[1] == "guarded" else contextlib.nullcontext():
+    # what vLLM does when it builds an engine: dictConfig for its own logger, which closes every handler
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False, "loggers": {"vllm": {"level": "INFO"}}})
+for i in range(50):
+    log.info("request %d", i)
+print(len(buffered.buffer), len(out.getvalue().splitlines()))
+"""
+
+
+def _request_log_after_engine_start(mode: str) -> tuple[int, int]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _REQUEST_LOG_SCRIPT, mode], capture_output=True, text=True,
+                          timeout=60, check=True)
+    held, written = done.stdout.split()
+    return int(held), int(written)
+
+
+def test_dictconfig_leaves_a_memory_handler_keeping_every_record():
+    # The cause of issue #25's replica growth, in the standard library alone: 50 records held, none written.
+    assert _request_log_after_engine_start("unguarded") == (50, 0)
+
+
+def test_engine_start_keeps_buffered_log_handlers_working():
+    assert _request_log_after_engine_start("guarded") == (0, 50)

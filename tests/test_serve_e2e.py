@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from libra_ray.testing import CACHE, ROOT, free_port, wait_for
+from libra_ray.testing import CACHE, ROOT, free_port, serve_replica_log, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -162,6 +162,11 @@ def test_vllm_engine_behind_the_same_api(ray_local, tmp_path):
         resp = httpx.post(app.base_url + "/chat/completions", timeout=60, json={
             "model": "policy", "messages": [{"role": "user", "content": "aspirin " * 300}], "max_tokens": 8})
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded"
+        # Issue #25: vLLM's logging set-up closed Serve's request-log handler, which then kept every record in
+        # memory (~3 KB per request) and wrote none: the replica's log file must get the requests' lines.
+        wait_for(lambda: "CALL generate OK" in serve_replica_log(app.name, "model-policy")
+                 and "CALL stream OK" in serve_replica_log(app.name, "model-policy"), 10,
+                 "the policy replica's request log lines in its Serve log file")
 
 
 def test_cli_serve_blocks_until_interrupted_then_shuts_down_cleanly(tmp_path):

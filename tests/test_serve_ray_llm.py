@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from libra_ray.engines import GenParams
-from libra_ray.testing import CACHE
+from libra_ray.testing import CACHE, serve_replica_log, wait_for
 
 # Ray's LLMServer has an async __del__; instances made without Serve (the scripted tests) warn about it.
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'LLMServer.__del__' was never awaited:RuntimeWarning")
@@ -236,3 +236,6 @@ def test_ray_serve_llm_server_behind_our_ingress(ray_local, tmp_path):
         seeded = [client.chat.completions.create(model="policy", messages=msgs, max_tokens=8, temperature=1.0,
                                                  seed=7).choices[0].message.content for _ in range(2)]
         assert seeded[0] == seeded[1]
+        # Issue #25: the engine's logging set-up must leave Serve's request log working (see test_serve_e2e.py).
+        wait_for(lambda: "CALL generate OK" in serve_replica_log(app.name, "model-policy"), 10,
+                 "the policy replica's request log lines in its Serve log file")

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from libra_ray.engines.base import Engine, prepare_tokenizer
-from libra_ray.engines.env import apply_vllm_env
+from libra_ray.engines.env import apply_vllm_env, log_handlers_kept
 from libra_ray.engines.identity import resolve_dtype
 from libra_ray.engines.params import DeltaText, GenParams, engine_error, result
 
@@ -82,15 +82,16 @@ class VLLMEngine(Engine):
                                 tensor_parallel_size=tensor_parallel_size, seed=seed, engine_kwargs=engine_kwargs)
         self.max_model_len = args["max_model_len"]  # the user's engine_kwargs may have raised it
         self._children_before = _child_pids()  # what vLLM starts (engine core, workers) is the rest
-        if mode == "batch":
-            from vllm import LLM
+        with log_handlers_kept():  # vLLM reconfigures logging here, closing the handlers it finds
+            if mode == "batch":
+                from vllm import LLM
 
-            self.llm = LLM(**args)
-        else:
-            from vllm.engine.arg_utils import AsyncEngineArgs
-            from vllm.v1.engine.async_llm import AsyncLLM
+                self.llm = LLM(**args)
+            else:
+                from vllm.engine.arg_utils import AsyncEngineArgs
+                from vllm.v1.engine.async_llm import AsyncLLM
 
-            self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**{"disable_log_stats": True, **args}))
+                self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**{"disable_log_stats": True, **args}))
         # Stopped before this process exits: atexit runs the last-registered first, so this comes before
         # vLLM's own exit-time finalizers, while this process and its resource tracker are alive.
         atexit.register(_shutdown_at_exit, weakref.ref(self))

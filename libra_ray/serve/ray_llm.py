@@ -26,7 +26,7 @@ from typing import Any
 from ray.serve.llm import LLMConfig, LLMServer
 
 from libra_ray.engines.base import Engine, prepare_tokenizer
-from libra_ray.engines.env import vllm_env
+from libra_ray.engines.env import log_handlers_kept, vllm_env
 from libra_ray.engines.params import GenParams, RequestError, engine_error
 from libra_ray.engines.vllm_engine import sampling_kwargs, vllm_engine_args
 from libra_ray.serve.config import ServedModelConfig
@@ -145,7 +145,8 @@ class RayLLMModelServer(LLMServer):
     async def __init__(self, llm_config: LLMConfig, *, spec: dict, **kwargs):
         self.spec = ServedModelConfig.model_validate(spec)
         self.prompts = _Prompts(self.spec.path, self.spec.max_model_len)
-        await super().__init__(llm_config, **kwargs)
+        with log_handlers_kept():  # the engine starts here: vLLM would close Serve's request-log handler
+            await super().__init__(llm_config, **kwargs)
         from libra_ray.serve.engines import served_identity
 
         log.info("model %s ready; serving %s", self.spec.name, json.dumps(served_identity(self.spec)))
