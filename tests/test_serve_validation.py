@@ -243,3 +243,31 @@ def test_without_the_bound_the_replica_decides(client):
     assert client.post("/v1/chat/completions", json=_chat(messages=[{"role": "user", "content": "u" * 5000}])
                        ).status_code == 200
     assert len(client.handle.calls) == 1
+
+
+def test_a_large_body_is_parsed_off_the_event_loop(client, monkeypatch):
+    """Parsing and validating a 1 MB body must not stop the ingress's event loop (issue #25's head-of-line
+    finding): a body over PARSE_INLINE_BYTES is parsed in a worker thread, and its errors are still 4xx."""
+    import asyncio
+
+    # The route's own globals: Serve's ingress decorator may hold a copy of the module's namespace.
+    names = OpenAIIngress.func_or_class._request.__globals__
+    on_loop: list[bool] = []
+    parse = names["_parse_as"]
+
+    def recording(cls, raw):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:  # no loop runs in a worker thread
+            on_loop.append(False)
+        return parse(cls, raw)
+
+    monkeypatch.setitem(names, "_parse_as", recording)
+    pad = "x" * names["PARSE_INLINE_BYTES"]  # `user` is accepted and ignored: a valid body this large
+    assert client.post("/v1/chat/completions", json=_chat()).status_code == 200
+    assert client.post("/v1/chat/completions", json=_chat(user=pad)).status_code == 200
+    _assert_400(client.post("/v1/chat/completions", content=b'{"model": "policy", "x": "' + pad.encode()))
+    err = _assert_400(client.post("/v1/chat/completions", json=_chat(messages=[{"role": "user", "content": pad}])))
+    assert err["code"] == "context_length_exceeded"
+    assert on_loop == [True, False, False, False]

@@ -250,6 +250,14 @@ def _validate(cls: type[BaseModel], body: dict) -> Any:
                        param=param) from None
 
 
+# Bodies up to this size are parsed on the event loop (a thread hand-off costs more than parsing them).
+PARSE_INLINE_BYTES = 64 * 1024
+
+
+def _parse_as(cls: type[BaseModel], raw: bytes) -> Any:
+    return _validate(cls, parse_body(raw))
+
+
 def parse_body(raw: bytes) -> dict:
     """The JSON object of a request body, or an OpenAI-format 400 (never a 5xx) for any malformed body."""
     try:
@@ -421,7 +429,15 @@ class OpenAIIngress:
             raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
                            "authentication_error", "invalid_api_key")
 
-    async def _body(self, request: Request) -> Any:
+    async def _request(self, request: Request, cls: type[BaseModel]) -> Any:
+        """The request body parsed and validated as `cls`; a large body off the event loop, so that parsing a
+        few 1 MB bodies does not hold up the small requests beside them."""
+        raw = await self._body(request)
+        if len(raw) > PARSE_INLINE_BYTES:
+            return await asyncio.to_thread(_parse_as, cls, raw)
+        return _parse_as(cls, raw)
+
+    async def _body(self, request: Request) -> bytes:
         self._auth(request)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.cfg.max_request_bytes:
@@ -433,7 +449,7 @@ class OpenAIIngress:
                            code="request_timeout") from None
         if len(raw) > self.cfg.max_request_bytes:
             raise APIError(413, f"request body over {self.cfg.max_request_bytes} bytes", code="request_too_large")
-        return parse_body(raw)
+        return raw
 
     def _handle(self, model: str):
         if model not in self.models:
@@ -539,7 +555,7 @@ class OpenAIIngress:
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):
-        req = _validate(ChatRequest, await self._body(request))
+        req = await self._request(request, ChatRequest)
         self._handle(req.model)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         await self._check_chars(req.model, [m["content"] for m in messages])
@@ -548,7 +564,7 @@ class OpenAIIngress:
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
-        req = _validate(CompletionRequest, await self._body(request))
+        req = await self._request(request, CompletionRequest)
         self._handle(req.model)
         prompt = req.prompt
         if isinstance(prompt, list):
