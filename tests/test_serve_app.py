@@ -321,11 +321,16 @@ def test_a_truncated_body_is_answered_408_within_the_body_timeout(app):
 
 
 def test_huge_prompts_are_refused_cheaply_beside_a_valid_request(app, client):
-    """8 prompts of ~990 KB (far over the context) beside a valid request: all 8 get 400
-    context_length_exceeded, the valid one is answered (their cost is in benchmarks/serve_probe.py)."""
+    """8 prompts of ~990 KB (far over every model's context) beside a valid request: once the ingress knows the
+    models' bounds, each is a 413 from its declared size, its body unread; the valid one is answered (their cost
+    is in benchmarks/serve_probe.py). A prompt over the bound inside a small body is a 400, untokenised."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from libra_ray.testing import wait_for
+
     huge = {"model": "judge", "messages": [{"role": "user", "content": "aspirin " * 123_000}], "max_tokens": 4}
+    wait_for(lambda: _post(app, "/chat/completions", huge).status_code == 413, 30,
+             "the ingress to learn the models' bounds (a 413 for a body no prompt that fits needs)")
 
     def valid():
         return client.chat.completions.create(model="judge", messages=[{"role": "user", "content": "hi"}],
@@ -335,6 +340,10 @@ def test_huge_prompts_are_refused_cheaply_beside_a_valid_request(app, client):
         bad = [pool.submit(_post, app, "/chat/completions", huge) for _ in range(8)]
         good = pool.submit(valid)
         for f in bad:
-            _assert_openai_error(f.result(), 400, "context_length_exceeded")
-            assert "characters" in f.result().json()["error"]["message"]  # refused by the bound, untokenised
+            _assert_openai_error(f.result(), 413, "request_too_large")
+            assert "larger than any request whose prompt fits" in f.result().json()["error"]["message"]
         assert good.result().choices[0].message.content is not None
+    over = {"model": "judge", "messages": [{"role": "user", "content": "aspirin " * 2000}], "max_tokens": 4}
+    resp = _post(app, "/chat/completions", over)  # 16,000 characters: over the judge's 8,192, in a 16 KB body
+    _assert_openai_error(resp, 400, "context_length_exceeded")
+    assert "characters" in resp.json()["error"]["message"]  # refused by the bound, untokenised

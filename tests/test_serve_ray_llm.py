@@ -218,7 +218,7 @@ def test_ray_serve_llm_server_behind_our_ingress(ray_local, tmp_path):
             {"model": "policy", "messages": msgs, "logprobs": True},
             {"model": "policy", "messages": [{"role": "user", "content": None}]},
             {"model": "policy", "messages": [{"role": "system", "content": "be brief"}]},
-            {"model": "policy", "messages": [{"role": "user", "content": "aspirin " * 100_000}]},  # char bound
+            {"model": "policy", "messages": [{"role": "user", "content": "aspirin " * 1_000}]},  # char bound
         ]
         with cf.ThreadPoolExecutor(12) as pool:  # mixed, concurrent: the engine batches them together
             answers = list(pool.map(lambda body: httpx.post(url, json=body, timeout=120), [good, *bad] * 2 + [good] * 2))
@@ -236,6 +236,10 @@ def test_ray_serve_llm_server_behind_our_ingress(ray_local, tmp_path):
         seeded = [client.chat.completions.create(model="policy", messages=msgs, max_tokens=8, temperature=1.0,
                                                  seed=7).choices[0].message.content for _ in range(2)]
         assert seeded[0] == seeded[1]
+        # A body larger than any request whose prompt fits: a 413 from its declared size, unread.
+        huge = httpx.post(url, timeout=60, json={"model": "policy", "messages": [
+            {"role": "user", "content": "aspirin " * 100_000}]})
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large", huge.text
         # Issue #25: the engine's logging set-up must leave Serve's request log working (see test_serve_e2e.py).
         wait_for(lambda: "CALL generate OK" in serve_replica_log(app.name, "model-policy"), 10,
                  "the policy replica's request log lines in its Serve log file")

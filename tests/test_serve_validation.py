@@ -57,6 +57,7 @@ def client():
     ingress.key_hashes = []
     ingress.created = 0
     ingress.bounds = {}
+    ingress.learning = None
     app = FastAPI()
     for exc, handler in api.exception_handlers.items():  # the ingress's own error handlers
         app.add_exception_handler(exc, handler)
@@ -108,6 +109,7 @@ def test_content_part_with_a_non_string_text(client, text):
 
 
 def test_deeply_nested_json(client):
+    client.handle.bound = None  # no body limit from the model's bound: these bodies must be read and parsed
     _assert_400(client.post("/v1/chat/completions", content=b"[" * 400_000,
                             headers={"content-type": "application/json"}))
     deep = '{"model": "policy", "messages": [{"role": "user", "content": "hi"}], "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
@@ -271,3 +273,32 @@ def test_a_large_body_is_parsed_off_the_event_loop(client, monkeypatch):
     err = _assert_400(client.post("/v1/chat/completions", json=_chat(messages=[{"role": "user", "content": pad}])))
     assert err["code"] == "context_length_exceeded"
     assert on_loop == [True, False, False, False]
+
+
+def test_a_body_too_large_for_any_prompt_is_refused_unread(client):
+    """Once every model's bound is known, a body larger than any request whose prompt fits (`body_bound`) is a
+    413 from its declared size, before a byte of it is read: receiving 8 such bodies slowed the requests beside
+    them ~2x on 2 cores; refused unread, 0.88-1.03x (benchmarks/serve_probe.py, serve/README.md)."""
+    import libra_ray.serve.app as app_module
+
+    limit = app_module.body_bound(1000, 100)
+    fits = _chat(user="x" * (limit - 200))  # `user` is ignored: a valid body just under the limit
+    assert client.post("/v1/chat/completions", json=fits).status_code == 200  # bound unknown yet: read, answered
+    assert client.post("/v1/chat/completions", json=fits).status_code == 200  # known now: still under the limit
+
+    class Unread:  # a body whose bytes must never be pulled
+        def __iter__(self):
+            raise AssertionError("the body was read")
+
+    resp = client.post("/v1/chat/completions", content=Unread(),
+                       headers={"content-type": "application/json", "content-length": str(limit + 1)})
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large", resp.text
+    assert "larger than any request whose prompt fits" in resp.json()["error"]["message"]
+    assert len(client.handle.calls) == 2
+
+
+def test_without_every_bound_no_body_limit_but_the_configured_one(client):
+    client.handle.bound = None  # the replica cannot tell its bound yet
+    big = _chat(user="x" * 200_000)
+    assert client.post("/v1/chat/completions", json=big).status_code == 200
+    assert client.post("/v1/chat/completions", json=big).status_code == 200
