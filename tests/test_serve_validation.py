@@ -72,6 +72,7 @@ def client():
 
     with TestClient(app, raise_server_exceptions=False) as c:
         c.handle = ingress.models["policy"]
+        c.ingress = ingress
         yield c
 
 
@@ -302,3 +303,22 @@ def test_without_every_bound_no_body_limit_but_the_configured_one(client):
     big = _chat(user="x" * 200_000)
     assert client.post("/v1/chat/completions", json=big).status_code == 200
     assert client.post("/v1/chat/completions", json=big).status_code == 200
+
+
+def test_a_scale_to_zero_model_is_not_woken_for_its_bound(client):
+    """A model that may have no replica is not asked for its bound (the call would start one): until it answers
+    a request, only `max_request_bytes` limits the body."""
+    judge = _Handle()
+    asked = []
+    judge.info.remote = lambda: asked.append(1)  # must never be called
+    client.ingress.models["judge"] = judge
+    client.ingress.limits["judge"] = 64
+    client.ingress.cfg = ServeConfig(guard="off", judge={"path": "tiny", "autoscaling": {"min_replicas": 0}})
+    big = _chat(user="x" * 200_000)
+    for _ in range(3):
+        assert client.post("/v1/chat/completions", json=big).status_code == 200
+    assert asked == [] and set(client.ingress.bounds) == {"policy"}
+    # Once it has answered a request of its own, its bound is known and the body limit applies.
+    judge.info.remote = _Handle().info.remote
+    assert client.post("/v1/chat/completions", json=_chat(model="judge")).status_code == 200
+    assert client.post("/v1/chat/completions", json=big).status_code == 413
