@@ -52,13 +52,19 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, step:
         time.sleep(step)
 
 
-def serve_replica_log(app_name: str, deployment: str) -> str:
-    """The Serve log files of a deployment's replicas in this driver's Ray session, as one text (where the
-    replica's request log lines go)."""
+def serve_replica_log_files(app_name: str, deployment: str) -> set[Path]:
+    """The Serve log files of a deployment's replicas in this driver's Ray session (one per replica started)."""
     import ray
 
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
-    return "".join(f.read_text(errors="replace") for f in sorted(logs.glob(f"replica_{app_name}_{deployment}_*.log")))
+    return set(logs.glob(f"replica_{app_name}_{deployment}_*.log"))
+
+
+def serve_replica_log(app_name: str, deployment: str, exclude: set[Path] = frozenset()) -> str:
+    """The text of those files (where a replica's request log lines go), less `exclude`: the files of an earlier
+    app of the same name in the session."""
+    files = sorted(serve_replica_log_files(app_name, deployment) - exclude)
+    return "".join(f.read_text(errors="replace") for f in files)
 
 
 def pids_mentioning(text: str) -> list[int]:

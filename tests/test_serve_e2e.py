@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from libra_ray.testing import CACHE, ROOT, free_port, serve_replica_log, wait_for
+from libra_ray.testing import CACHE, ROOT, free_port, serve_replica_log, serve_replica_log_files, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -148,6 +148,7 @@ def test_vllm_engine_behind_the_same_api(ray_local, tmp_path):
         "serve.judge.num_cpus=0.25", "serve.policy.autoscaling.max_replicas=1",
         "serve.policy.vllm_server=libra",  # our ModelServer + AsyncLLM (Ray Serve LLM's: test_serve_ray_llm.py)
     ])
+    earlier = serve_replica_log_files(cfg.serve.app_name, "model-policy")  # an earlier test's app of this name
     with serving(cfg) as app:
         client = openai.OpenAI(base_url=app.base_url, api_key="none", max_retries=0, timeout=120)
         msgs = [{"role": "user", "content": "Tell me about aspirin"}]
@@ -164,8 +165,8 @@ def test_vllm_engine_behind_the_same_api(ray_local, tmp_path):
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded"
         # Issue #25: vLLM's logging set-up closed Serve's request-log handler, which then kept every record in
         # memory (~3 KB per request) and wrote none: the replica's log file must get the requests' lines.
-        wait_for(lambda: "CALL generate OK" in serve_replica_log(app.name, "model-policy")
-                 and "CALL stream OK" in serve_replica_log(app.name, "model-policy"), 10,
+        wait_for(lambda: "CALL generate OK" in serve_replica_log(app.name, "model-policy", earlier)
+                 and "CALL stream OK" in serve_replica_log(app.name, "model-policy", earlier), 10,
                  "the policy replica's request log lines in its Serve log file")
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from libra_ray.engines import GenParams
-from libra_ray.testing import CACHE, serve_replica_log, wait_for
+from libra_ray.testing import CACHE, serve_replica_log, serve_replica_log_files, wait_for
 
 # Ray's LLMServer has an async __del__; instances made without Serve (the scripted tests) warn about it.
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'LLMServer.__del__' was never awaited:RuntimeWarning")
@@ -182,6 +182,7 @@ def test_ray_serve_llm_server_behind_our_ingress(ray_local, tmp_path):
         "serve.judge.num_cpus=0.25", "serve.policy.autoscaling.max_replicas=1",
     ])
     assert cfg.serve.policy.vllm_server == "ray_serve_llm"
+    earlier = serve_replica_log_files(cfg.serve.app_name, "model-policy")  # an earlier test's app of this name
     with serving(cfg) as app:
         # It is Ray's LLMServer (only it has `llm_config`), under our deployment name.
         assert serve.get_deployment_handle("model-policy", app.name).llm_config.remote().result().model_id == "policy"
@@ -241,5 +242,5 @@ def test_ray_serve_llm_server_behind_our_ingress(ray_local, tmp_path):
             {"role": "user", "content": "aspirin " * 100_000}]})
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large", huge.text
         # Issue #25: the engine's logging set-up must leave Serve's request log working (see test_serve_e2e.py).
-        wait_for(lambda: "CALL generate OK" in serve_replica_log(app.name, "model-policy"), 10,
+        wait_for(lambda: "CALL generate OK" in serve_replica_log(app.name, "model-policy", earlier), 10,
                  "the policy replica's request log lines in its Serve log file")

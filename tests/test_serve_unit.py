@@ -170,6 +170,7 @@ def test_ingress_guard_blocks_flagged_policy_answers(mode, judge_reply, blocked)
     ingress.models = {"policy": _FakeHandle("unused"), "judge": judge}
     ingress.limits = {"policy": 64, "judge": 64}
     ingress.cfg = ServeConfig(guard=mode)
+    ingress.bounds, ingress.learning, ingress.answered = {}, None, set()
     answer = "Combine reagent A and reagent B, then heat under reflux."
     result = {"text": answer, "finish_reason": "length", "prompt_tokens": 1, "completion_tokens": 9}
     verdict = asyncio.run(ingress._guard("policy", result))
@@ -352,6 +353,7 @@ def test_a_guarded_stream_sends_nothing_before_the_verdict(mode, judge_reply, bl
     ingress.models = {"policy": _OrderedHandle("policy", answer, log), "judge": _OrderedHandle("judge", judge_reply, log)}
     ingress.limits = {"policy": 64, "judge": 64}
     ingress.cfg = ServeConfig(guard=mode)
+    ingress.bounds, ingress.learning, ingress.answered = {}, None, set()
     req = ChatRequest.model_validate({"model": "policy", "messages": [{"role": "user", "content": "x"}], "stream": True})
 
     async def run():

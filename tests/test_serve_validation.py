@@ -58,6 +58,7 @@ def client():
     ingress.created = 0
     ingress.bounds = {}
     ingress.learning = None
+    ingress.answered = set()
     app = FastAPI()
     for exc, handler in api.exception_handlers.items():  # the ingress's own error handlers
         app.add_exception_handler(exc, handler)
@@ -318,7 +319,8 @@ def test_a_scale_to_zero_model_is_not_woken_for_its_bound(client):
     for _ in range(3):
         assert client.post("/v1/chat/completions", json=big).status_code == 200
     assert asked == [] and set(client.ingress.bounds) == {"policy"}
-    # Once it has answered a request of its own, its bound is known and the body limit applies.
+    # Once it has answered a call (here the guard's, as in serve/libra_ray.yaml), it is asked; the limit applies.
     judge.info.remote = _Handle().info.remote
-    assert client.post("/v1/chat/completions", json=_chat(model="judge")).status_code == 200
+    client.ingress.cfg = client.ingress.cfg.model_copy(update={"guard": "flag"})
+    assert client.post("/v1/chat/completions", json=_chat()).json()["libra_guard"]
     assert client.post("/v1/chat/completions", json=big).status_code == 413

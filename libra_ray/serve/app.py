@@ -250,15 +250,18 @@ def _validate(cls: type[BaseModel], body: dict) -> Any:
                        param=param) from None
 
 
-# Bodies up to this size are parsed on the event loop: a 64 KiB chat body parses and validates in ~0.06 ms here,
-# less than a hand-off to a worker thread (~0.08 ms; 2-core VM). Larger bodies parse off the loop.
+# Bodies up to this size are parsed on the event loop (2-core VM: a 64 KiB one-message chat body parses and
+# validates in ~0.06 ms, a hand-off to a worker thread costs ~0.08 ms; a body of many short messages takes up
+# to ~10x longer per byte). Larger bodies are parsed in a worker thread.
 PARSE_INLINE_BYTES = 64 * 1024
 
 
 def body_bound(max_prompt_chars: int, max_model_len: int) -> int:
     """Bytes of the largest JSON body whose prompt can be within `max_prompt_chars`: 12 bytes per character (an
     astral character written as two \\uXXXX escapes), 128 per context token for message framing (every message
-    costs at least one token of the chat template) and 64 KiB for the other fields."""
+    costs at least one token of the chat template) and 64 KiB for the other fields. Those fields are not capped
+    one by one: a request whose `user`, `metadata`, stop strings or message names take more than 64 KiB in all
+    can be refused by this limit."""
     return 12 * max_prompt_chars + 128 * max_model_len + 64 * 1024
 
 
@@ -426,7 +429,8 @@ class OpenAIIngress:
         self.key_hashes = key_hashes
         self.created = int(time.time())
         self.bounds: dict[str, dict] = {}  # served name -> its replicas' `info()` (max_prompt_chars, ...)
-        self.learning: asyncio.Task | None = None  # asks every model for its bound once, in the background
+        self.learning: asyncio.Task | None = None  # asks the models for their bounds, in the background
+        self.answered: set[str] = set()  # models that have answered a call (a replica is up: it may be asked)
 
     # ---- helpers
     def _auth(self, request: Request) -> None:
@@ -474,24 +478,28 @@ class OpenAIIngress:
     def _prompt_body_limit(self) -> int | None:
         """The largest body that can carry a prompt within every served model's character bound (`body_bound`),
         once all are known; None before (the first call starts asking the models, without waiting for them)."""
-        if len(self.bounds) == len(self.models):
+        if self.bounds.keys() >= self.models.keys():
             return max(body_bound(b["max_prompt_chars"], b["max_model_len"]) for b in self.bounds.values())
-        if self.learning is None:
-            self.learning = asyncio.create_task(self._learn_bounds())
+        self._learn()
         return None
 
+    def _learn(self) -> None:
+        if self.learning is None or self.learning.done():
+            self.learning = asyncio.create_task(self._learn_bounds())
+
     async def _learn_bounds(self) -> None:
-        """Ask each model that has replicas for its bound (a scale-to-zero model is not woken for it: until it
-        answers a request, no body limit but `max_request_bytes` applies)."""
+        """Ask each model with a replica for its bound. A scale-to-zero model is not woken for it: it is asked
+        once it has answered a call (a request of its own, or the guard's); until then only `max_request_bytes`
+        limits the body."""
         specs = {m.name: m for m in (self.cfg.policy, self.cfg.judge)}
         for name in self.models:
             spec = specs.get(name)
-            if name in self.bounds or (spec is not None and spec.autoscaling.min_replicas == 0):
+            if name in self.bounds or (spec is not None and spec.autoscaling.min_replicas == 0
+                                       and name not in self.answered):
                 continue
             try:
                 self.bounds[name] = await asyncio.wait_for(self.models[name].info.remote(), self.cfg.health_timeout_s)
-            except Exception:  # not started yet: asked again by the next request
-                self.learning = None
+            except Exception:  # not started yet: asked again by a later request
                 return
 
     async def _check_chars(self, model: str, texts: list[str]) -> None:
@@ -525,6 +533,9 @@ class OpenAIIngress:
             log.warning("engine %s failed: %s", model, type(err).__name__)
             raise APIError(503, f"model {model!r} is unavailable, retry later ({type(err).__name__})",
                            "server_error", "engine_unavailable") from None
+        if model not in self.answered:
+            self.answered.add(model)
+            self._learn()
         if "error" in out:
             raise _from_request_error(out)
         return out

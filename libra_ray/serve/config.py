@@ -137,7 +137,8 @@ class ServeConfig(StrictModel):
                                "replaces a blocked one")
     max_request_bytes: int = Field(default=1_000_000, ge=1024, description="largest request body accepted (413 "
                                    "beyond); once every served model's prompt bound is known, a body larger than "
-                                   "any prompt that fits can need is also a 413, refused unread")
+                                   "any request whose prompt fits every served model is also a 413, from its "
+                                   "declared size")
     body_timeout_s: float = Field(default=5.0, gt=0, description="seconds a client has to send the whole request "
                                   "body (408 beyond): a truncated or stalled upload does not hold its connection")
     health_timeout_s: float = Field(default=5.0, gt=0, description="seconds each model has to answer the readiness "
