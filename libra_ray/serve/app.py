@@ -452,13 +452,14 @@ class OpenAIIngress:
 
     async def _body(self, request: Request) -> bytes:
         self._auth(request)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.cfg.max_request_bytes:
+        declared = request.headers.get("content-length", "")
+        size = int(declared) if declared.isdigit() else None
+        if size is not None and size > self.cfg.max_request_bytes:
             raise APIError(413, f"request body over {self.cfg.max_request_bytes} bytes", code="request_too_large")
         limit = self._prompt_body_limit()
-        if declared and declared.isdigit() and limit is not None and int(declared) > limit:
+        if size is not None and limit is not None and size > limit:
             # Refused by its declared size, unread: receiving it would slow the requests beside it.
-            raise APIError(413, f"request body of {declared} bytes is larger than any request whose prompt fits the "
+            raise APIError(413, f"request body of {size} bytes is larger than any request whose prompt fits the "
                            f"served models (at most {limit} bytes)", code="request_too_large")
         try:  # a client that stops sending mid-body must not hold its connection (and our replica) open
             raw = await asyncio.wait_for(request.body(), self.cfg.body_timeout_s)
@@ -494,24 +495,27 @@ class OpenAIIngress:
         specs = {m.name: m for m in (self.cfg.policy, self.cfg.judge)}
         for name in self.models:
             spec = specs.get(name)
-            if name in self.bounds or (spec is not None and spec.autoscaling.min_replicas == 0
-                                       and name not in self.answered):
+            if spec is not None and spec.autoscaling.min_replicas == 0 and name not in self.answered:
                 continue
-            try:
-                self.bounds[name] = await asyncio.wait_for(self.models[name].info.remote(), self.cfg.health_timeout_s)
-            except Exception:  # not started yet: asked again by a later request
+            if await self._bound(name) is None:  # not started yet: asked again by a later request
                 return
+
+    async def _bound(self, model: str) -> dict | None:
+        """A model's `info()` (its character bound), asked of a replica once and kept; None while none answers."""
+        if model not in self.bounds:
+            try:
+                self.bounds[model] = await asyncio.wait_for(self._handle(model).info.remote(),
+                                                            self.cfg.health_timeout_s)
+            except Exception:  # not started yet, or overloaded past the timeout
+                return None
+        return self.bounds[model]
 
     async def _check_chars(self, model: str, texts: list[str]) -> None:
         """The replica's cheap length bound, checked here: a prompt too long for the model is refused before
         it is sent to a replica (a few 1 MB prompts must not slow the requests beside them)."""
-        bound = self.bounds.get(model)
-        if bound is None:
-            try:
-                bound = await asyncio.wait_for(self._handle(model).info.remote(), self.cfg.health_timeout_s)
-            except Exception:  # not started yet: the replica checks the bound itself
-                return
-            self.bounds[model] = bound
+        bound = await self._bound(model)
+        if bound is None:  # not started yet: the replica checks the bound itself
+            return
         try:
             check_prompt_chars(texts, bound["max_prompt_chars"], bound["max_model_len"])
         except RequestError as err:
